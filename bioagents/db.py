@@ -1,0 +1,183 @@
+"""The database: peewee models (SPEC §8) and an async gateway that runs queries off the event loop.
+
+SQLite (the default) runs in WAL mode with a busy timeout so `serve` and `worker` processes can
+share one file; all queries of a process go through one thread, SQLite's single writer.
+PostgreSQL (any `DATABASE_URL` that playhouse.db_url takes) gets a few threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import peewee as pw
+from playhouse import db_url
+from playhouse.sqlite_ext import JSONField as SqliteJSONField
+
+database_proxy = pw.DatabaseProxy()
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class JSONField(SqliteJSONField):
+    """JSON stored as text: works on SQLite and PostgreSQL alike."""
+
+    field_type = "TEXT"
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class User(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=128)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "users"
+
+
+class Conversation(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=36)
+    user_id = pw.CharField(max_length=128, index=True)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "conversations"
+
+
+class ConversationState(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=36)
+    values = JSONField(default=dict)
+
+    class Meta:
+        table_name = "conversation_states"
+
+
+class State(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=36)
+    values = JSONField(default=dict)
+
+    class Meta:
+        table_name = "states"
+
+
+class Message(BaseModel):
+    PENDING = "PENDING"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+
+    id = pw.CharField(primary_key=True, max_length=36)
+    conversation_id = pw.CharField(max_length=36)
+    user_id = pw.CharField(max_length=128, index=True)
+    queue = pw.CharField(max_length=32, default="chat")
+    question = pw.TextField()
+    content = pw.TextField(null=True)
+    status = pw.CharField(max_length=16, default=PENDING, index=True)
+    error = pw.TextField(null=True)
+    state_id = pw.CharField(max_length=36, null=True)
+    response_time_ms = pw.IntegerField(null=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "messages"
+        indexes = ((("conversation_id", "created_at"), False),)
+
+
+MODELS = [User, Conversation, ConversationState, State, Message]
+
+
+def open_database(url: str) -> pw.Database:
+    """Connect peewee to `url`; SQLite gets WAL, a busy timeout and its parent folder."""
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return pw.SqliteDatabase(
+            path,
+            pragmas={
+                "journal_mode": "wal",
+                "busy_timeout": 10000,
+                "synchronous": "normal",
+                "foreign_keys": 1,
+            },
+            check_same_thread=False,
+        )
+    return db_url.connect(url)
+
+
+def migrate(database: pw.Database) -> None:
+    """Create the tables and indexes that are missing (idempotent)."""
+    with database.bind_ctx(MODELS):
+        database.create_tables(MODELS, safe=True)
+
+
+class Database:
+    """The async gateway: `await db.run(fn, *args)` runs `fn` in the database thread(s)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.peewee = open_database(url)
+        database_proxy.initialize(self.peewee)
+        threads = 1 if isinstance(self.peewee, pw.SqliteDatabase) else 8
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
+        self.statements = 0
+        self._count_statements()
+
+    async def run(self, fn, *args, **kwargs):
+        if kwargs:
+            fn = functools.partial(fn, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._call, fn, args)
+
+    def _call(self, fn, args):
+        # Each database thread keeps its own connection open; a broken one is reopened once.
+        try:
+            return fn(*args)
+        except (pw.InterfaceError, pw.OperationalError) as error:
+            if "locked" in str(error) or self.peewee.in_transaction():
+                raise
+            if not self.peewee.is_closed():
+                self.peewee.close()
+            return fn(*args)
+
+    def _count_statements(self) -> None:
+        """Count every SQL statement sent, for benchmarks (`statements per job`)."""
+        execute_sql = self.peewee.execute_sql
+
+        def counted(sql, params=None, *args, **kwargs):
+            self.statements += 1
+            return execute_sql(sql, params, *args, **kwargs)
+
+        self.peewee.execute_sql = counted
+
+    def migrate(self) -> None:
+        migrate(self.peewee)
+
+    async def ping(self) -> bool:
+        def select_one():
+            self.peewee.execute_sql("SELECT 1")
+            return True
+
+        try:
+            return await self.run(select_one)
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        if not self.peewee.is_closed():
+            self.peewee.close()

@@ -1,0 +1,1 @@
+"""Job queues: the specs (data), one interface, and its in-process and SAQ implementations."""

@@ -1,0 +1,240 @@
+"""The one job-queue interface that routes, board and hub talk to, and the types it speaks.
+
+Two implementations: `inprocess.InProcessJobQueue` (the embedded default, runs jobs itself) and
+`saq_queue.SaqJobQueue` (Redis; jobs run on `saq_worker` processes). Both call a `JobHandler`
+to execute an attempt, so what a job does and what it announces is the same in both modes.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from .spec import QueueSpec
+
+
+class JobState(str, enum.Enum):
+    WAITING = "waiting"  # accepted, ready for a worker (or held by a paused queue)
+    ACTIVE = "active"  # an attempt is running
+    DELAYED = "delayed"  # failed an attempt, waiting out its backoff before the next
+    COMPLETED = "completed"  # an attempt succeeded; `result` is set
+    FAILED = "failed"  # the last attempt failed (or it stalled twice); `errors` says why
+
+
+STATES = tuple(JobState)
+STALLED_TWICE = "job stalled more than allowable limit"
+
+
+class JobError(Exception):
+    """Base of the errors the interface raises."""
+
+
+class QueueUnavailable(JobError):
+    """The backend (Redis) cannot be reached; the caller answers 503."""
+
+
+class JobNotFound(JobError):
+    """No such job in that queue (never existed, removed, or past retention)."""
+
+
+class InvalidJobState(JobError):
+    """The action does not apply to the job's state (retry a job that has not failed, …)."""
+
+
+class UnknownQueue(JobError):
+    """No queue by that name."""
+
+
+@dataclasses.dataclass
+class AttemptError:
+    attempt: int
+    error: str  # one line, shown to users
+    traceback: str  # the full traceback, shown on the board
+    at: float  # epoch seconds
+
+    def to_json(self) -> dict:
+        return {
+            "attempt": self.attempt,
+            "error": self.error,
+            "traceback": self.traceback,
+            "at": self.at,
+        }
+
+
+@dataclasses.dataclass
+class JobInfo:
+    id: str
+    queue: str
+    data: dict
+    state: JobState
+    attempts_made: int = 0  # counts from 1, includes the attempt in progress
+    max_attempts: int = 1
+    progress: dict | None = None  # {"stage", "percent"} of the latest stage
+    result: dict | None = None
+    errors: list[AttemptError] = dataclasses.field(default_factory=list)
+    queued_at: float = 0.0
+    started_at: float | None = None  # the latest attempt's start
+    finished_at: float | None = None
+    run_at: float | None = None  # when a delayed job becomes waiting again
+
+    @property
+    def name(self) -> str:
+        return self.queue
+
+    @property
+    def error(self) -> str | None:
+        return self.errors[-1].error if self.errors else None
+
+    @property
+    def wait_seconds(self) -> float | None:
+        return None if self.started_at is None else max(0.0, self.started_at - self.queued_at)
+
+    @property
+    def run_seconds(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return max(0.0, self.finished_at - self.started_at)
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "name": self.name,
+            "data": self.data,
+            "state": self.state.value,
+            "attemptsMade": self.attempts_made,
+            "maxAttempts": self.max_attempts,
+            "progress": self.progress,
+            "result": self.result,
+            "error": self.error,
+            "errors": [e.to_json() for e in self.errors],
+            "queuedAt": self.queued_at,
+            "startedAt": self.started_at,
+            "finishedAt": self.finished_at,
+            "runAt": self.run_at,
+        }
+
+
+@dataclasses.dataclass
+class QueueCounts:
+    waiting: int = 0
+    active: int = 0
+    delayed: int = 0
+    completed: int = 0
+    failed: int = 0
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One run of a job, handed to the JobHandler by the queue implementation."""
+
+    queue: str
+    job_id: str
+    data: dict
+    attempt: int  # 1-based
+    max_attempts: int
+    set_progress: Callable[[dict], Awaitable[None]]  # stores progress on the job
+
+    @property
+    def is_last(self) -> bool:
+        return self.attempt >= self.max_attempts
+
+
+class JobHandler(Protocol):
+    """What a job does; the queue implementations call these in this order per attempt."""
+
+    async def run(self, attempt: Attempt) -> dict:
+        """Execute the attempt; return the result or raise to fail it."""
+
+    async def on_completed(self, attempt: Attempt, result: dict) -> None:
+        """Called after the job is stored as completed."""
+
+    async def on_failed(self, attempt: Attempt, error: str, final: bool) -> None:
+        """Called after the failure is stored (as delayed when not final, else failed)."""
+
+
+class JobQueue(abc.ABC):
+    """Enqueue, inspect and manage jobs. All methods raise QueueUnavailable when the backend
+    cannot be reached and UnknownQueue for a queue name outside `specs`."""
+
+    specs: dict[str, QueueSpec]
+
+    async def start(self) -> None:
+        """Open connections and start background tasks (runners, sweepers)."""
+
+    async def close(self) -> None:
+        """Stop background tasks and close connections."""
+
+    @abc.abstractmethod
+    async def enqueue(self, queue: str, job_id: str, data: dict) -> JobInfo:
+        """Add a waiting job; `job_id` is the message id."""
+
+    @abc.abstractmethod
+    async def get(self, queue: str, job_id: str) -> JobInfo | None: ...
+
+    @abc.abstractmethod
+    async def retry(self, queue: str, job_id: str) -> JobInfo:
+        """Put a failed job back to waiting with a fresh set of attempts.
+        Raises JobNotFound, or InvalidJobState when it has not failed."""
+
+    @abc.abstractmethod
+    async def retry_failed(self, queue: str) -> int:
+        """Retry every failed job of the queue; returns how many."""
+
+    @abc.abstractmethod
+    async def remove(self, queue: str, job_id: str) -> None:
+        """Delete a job that is not active. Raises JobNotFound or InvalidJobState."""
+
+    @abc.abstractmethod
+    async def promote(self, queue: str, job_id: str) -> None:
+        """Make a delayed job waiting now. Raises JobNotFound or InvalidJobState."""
+
+    @abc.abstractmethod
+    async def pause(self, queue: str) -> None: ...
+
+    @abc.abstractmethod
+    async def resume(self, queue: str) -> None: ...
+
+    @abc.abstractmethod
+    async def is_paused(self, queue: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def counts(self, queue: str) -> QueueCounts: ...
+
+    @abc.abstractmethod
+    async def list(self, queue: str, state: JobState, offset: int, limit: int) -> list[JobInfo]:
+        """Jobs in `state`, newest first."""
+
+    @abc.abstractmethod
+    async def clean(self, queue: str, state: JobState, older_than: float) -> int:
+        """Remove jobs in `state` (completed, failed, waiting or delayed) that entered it more
+        than `older_than` seconds ago; returns how many."""
+
+    @abc.abstractmethod
+    async def workers(self, queue: str) -> int:
+        """Live worker processes serving the queue."""
+
+    @abc.abstractmethod
+    async def oldest_waiting_age(self, queue: str) -> float | None:
+        """Seconds the oldest waiting job has waited, or None."""
+
+    async def health(self) -> dict[str, Any]:
+        """Backend-specific health fields for /api/health (`redis`, …); raise nothing."""
+        return {}
+
+    def spec(self, queue: str) -> QueueSpec:
+        try:
+            return self.specs[queue]
+        except KeyError:
+            raise UnknownQueue(f"there is no queue named {queue!r}") from None
+
+
+def now() -> float:
+    return time.time()

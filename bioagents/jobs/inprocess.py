@@ -1,0 +1,312 @@
+"""The embedded default: jobs run inside `serve` with the same semantics as queue mode
+(concurrency, exact backoff, states, retention, pause/resume), kept in memory. A restart loses
+no accepted request because PENDING messages are enqueued again at start (`recovery.py`)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import traceback
+
+from .base import (
+    Attempt,
+    AttemptError,
+    InvalidJobState,
+    JobHandler,
+    JobInfo,
+    JobNotFound,
+    JobQueue,
+    JobState,
+    QueueCounts,
+    now,
+)
+from .spec import QueueSpec
+
+log = logging.getLogger(__name__)
+
+
+class _Queue:
+    """One queue's jobs, indexed by state."""
+
+    def __init__(self, spec: QueueSpec):
+        self.spec = spec
+        self.jobs: dict[str, JobInfo] = {}
+        self.waiting: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.active: dict[str, asyncio.Task] = {}
+        self.delayed: dict[str, asyncio.TimerHandle] = {}
+        self.completed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.failed: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self.paused = False
+
+    def index(self, state: JobState):
+        return {
+            JobState.WAITING: self.waiting,
+            JobState.ACTIVE: self.active,
+            JobState.DELAYED: self.delayed,
+            JobState.COMPLETED: self.completed,
+            JobState.FAILED: self.failed,
+        }[state]
+
+
+class InProcessJobQueue(JobQueue):
+    def __init__(self, specs: dict[str, QueueSpec], handler: JobHandler):
+        self.specs = specs
+        self.handler = handler
+        self._queues = {name: _Queue(spec) for name, spec in specs.items()}
+        self._closing = False
+
+    def _queue(self, name: str) -> _Queue:
+        self.spec(name)  # raises UnknownQueue
+        return self._queues[name]
+
+    def _job(self, queue: str, job_id: str) -> tuple[_Queue, JobInfo]:
+        q = self._queue(queue)
+        job = q.jobs.get(job_id)
+        if job is None:
+            raise JobNotFound(f"job {job_id} is not in queue {queue}")
+        return q, job
+
+    # --- running -----------------------------------------------------------------------------
+
+    def _pump(self, q: _Queue) -> None:
+        """Start waiting jobs while the queue is running and has free slots."""
+        while q.waiting and not q.paused and not self._closing:
+            if len(q.active) >= q.spec.concurrency:
+                return
+            job_id, _ = q.waiting.popitem(last=False)
+            job = q.jobs[job_id]
+            job.state = JobState.ACTIVE
+            job.attempts_made += 1
+            job.started_at = now()
+            job.finished_at = None
+            job.progress = None
+            q.active[job_id] = asyncio.get_running_loop().create_task(self._run(q, job))
+
+    async def _run(self, q: _Queue, job: JobInfo) -> None:
+        async def set_progress(value: dict) -> None:
+            job.progress = value
+
+        attempt = Attempt(
+            queue=q.spec.name,
+            job_id=job.id,
+            data=job.data,
+            attempt=job.attempts_made,
+            max_attempts=job.max_attempts,
+            set_progress=set_progress,
+        )
+        try:
+            result = await self.handler.run(attempt)
+        except asyncio.CancelledError:
+            # Stopped by shutdown: the attempt is not spent; the PENDING message is recovered.
+            q.active.pop(job.id, None)
+            raise
+        except Exception as error:
+            await self._attempt_failed(q, job, attempt, error)
+        else:
+            q.active.pop(job.id, None)
+            job.state = JobState.COMPLETED
+            job.result = result
+            job.finished_at = now()
+            q.completed[job.id] = None
+            self._trim(q)
+            await self._call_hook(self.handler.on_completed(attempt, result))
+        finally:
+            q.active.pop(job.id, None)
+            self._pump(q)
+
+    async def _attempt_failed(self, q: _Queue, job: JobInfo, attempt: Attempt, error) -> None:
+        q.active.pop(job.id, None)
+        message = f"{error.__class__.__name__}: {error}" if str(error) else repr(error)
+        job.errors.append(AttemptError(attempt.attempt, message, traceback.format_exc(), now()))
+        final = job.attempts_made >= job.max_attempts
+        if final:
+            job.state = JobState.FAILED
+            job.finished_at = now()
+            q.failed[job.id] = None
+            self._trim(q)
+        else:
+            delay = q.spec.backoff(job.attempts_made)
+            job.state = JobState.DELAYED
+            job.run_at = now() + delay
+            q.delayed[job.id] = asyncio.get_running_loop().call_later(
+                delay, self._delay_over, q, job.id
+            )
+        await self._call_hook(self.handler.on_failed(attempt, message, final))
+
+    async def _call_hook(self, hook) -> None:
+        try:
+            await hook
+        except Exception:
+            log.exception("job hook failed")
+
+    def _delay_over(self, q: _Queue, job_id: str) -> None:
+        if q.delayed.pop(job_id, None) is None:
+            return
+        job = q.jobs[job_id]
+        job.state = JobState.WAITING
+        job.run_at = None
+        q.waiting[job_id] = None
+        self._pump(q)
+
+    def _trim(self, q: _Queue) -> None:
+        """Retention: drop finished jobs past their age or count (SPEC §6)."""
+        horizon = now()
+        for index, seconds, count in (
+            (q.completed, q.spec.keep_completed_seconds, q.spec.keep_completed_count),
+            (q.failed, q.spec.keep_failed_seconds, q.spec.keep_failed_count),
+        ):
+            while index and count is not None and len(index) > count:
+                q.jobs.pop(index.popitem(last=False)[0], None)
+            while index:
+                oldest = q.jobs[next(iter(index))]
+                if horizon - (oldest.finished_at or horizon) <= seconds:
+                    break
+                q.jobs.pop(index.popitem(last=False)[0], None)
+
+    # --- the interface -----------------------------------------------------------------------
+
+    async def close(self) -> None:
+        self._closing = True
+        for q in self._queues.values():
+            for handle in q.delayed.values():
+                handle.cancel()
+            tasks = list(q.active.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drain(self, timeout: float) -> None:
+        """Stop starting jobs and wait up to `timeout` seconds for the active ones."""
+        self._closing = True
+        tasks = [task for q in self._queues.values() for task in q.active.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    async def enqueue(self, queue: str, job_id: str, data: dict) -> JobInfo:
+        q = self._queue(queue)
+        existing = q.jobs.get(job_id)
+        if existing is not None:
+            return existing
+        job = JobInfo(
+            id=job_id,
+            queue=queue,
+            data=data,
+            state=JobState.WAITING,
+            max_attempts=q.spec.max_attempts,
+            queued_at=now(),
+        )
+        q.jobs[job_id] = job
+        q.waiting[job_id] = None
+        self._pump(q)
+        return job
+
+    async def get(self, queue: str, job_id: str) -> JobInfo | None:
+        return self._queue(queue).jobs.get(job_id)
+
+    async def retry(self, queue: str, job_id: str) -> JobInfo:
+        q, job = self._job(queue, job_id)
+        if job.state is not JobState.FAILED:
+            raise InvalidJobState(f"job {job_id} is {job.state.value}, not failed")
+        del q.failed[job_id]
+        job.state = JobState.WAITING
+        job.attempts_made = 0
+        job.finished_at = None
+        job.result = None
+        job.queued_at = now()
+        q.waiting[job_id] = None
+        self._pump(q)
+        return job
+
+    async def retry_failed(self, queue: str) -> int:
+        q = self._queue(queue)
+        ids = list(q.failed)
+        for job_id in ids:
+            await self.retry(queue, job_id)
+        return len(ids)
+
+    async def remove(self, queue: str, job_id: str) -> None:
+        q, job = self._job(queue, job_id)
+        if job.state is JobState.ACTIVE:
+            raise InvalidJobState(f"job {job_id} is active; it can be removed once it ends")
+        index = q.index(job.state)
+        handle = index.pop(job_id, None)
+        if isinstance(handle, asyncio.TimerHandle):
+            handle.cancel()
+        del q.jobs[job_id]
+
+    async def promote(self, queue: str, job_id: str) -> None:
+        q, job = self._job(queue, job_id)
+        if job.state is not JobState.DELAYED:
+            raise InvalidJobState(f"job {job_id} is {job.state.value}, not delayed")
+        q.delayed[job_id].cancel()
+        self._delay_over(q, job_id)
+
+    async def pause(self, queue: str) -> None:
+        self._queue(queue).paused = True
+
+    async def resume(self, queue: str) -> None:
+        q = self._queue(queue)
+        q.paused = False
+        self._pump(q)
+
+    async def is_paused(self, queue: str) -> bool:
+        return self._queue(queue).paused
+
+    async def counts(self, queue: str) -> QueueCounts:
+        q = self._queue(queue)
+        self._trim(q)
+        return QueueCounts(
+            waiting=len(q.waiting),
+            active=len(q.active),
+            delayed=len(q.delayed),
+            completed=len(q.completed),
+            failed=len(q.failed),
+        )
+
+    async def list(self, queue: str, state: JobState, offset: int, limit: int) -> list[JobInfo]:
+        q = self._queue(queue)
+        self._trim(q)
+        ids = q.index(JobState(state))
+        if state in (JobState.ACTIVE, JobState.DELAYED):
+            jobs = sorted((q.jobs[i] for i in ids), key=lambda j: j.queued_at, reverse=True)
+            return jobs[offset : offset + limit]
+        newest_first = reversed(ids.keys())
+        return [q.jobs[i] for i in itertools.islice(newest_first, offset, offset + limit)]
+
+    async def clean(self, queue: str, state: JobState, older_than: float) -> int:
+        q = self._queue(queue)
+        state = JobState(state)
+        if state is JobState.ACTIVE:
+            raise InvalidJobState("active jobs cannot be cleaned")
+        horizon = now() - older_than
+        removed = 0
+        for job_id in list(q.index(state)):
+            job = q.jobs[job_id]
+            entered = _entered_state_at(job)
+            if entered <= horizon:
+                await self.remove(queue, job_id)
+                removed += 1
+        return removed
+
+    async def workers(self, queue: str) -> int:
+        self._queue(queue)
+        return 0 if self._closing else 1
+
+    async def oldest_waiting_age(self, queue: str) -> float | None:
+        q = self._queue(queue)
+        if not q.waiting:
+            return None
+        return max(0.0, now() - q.jobs[next(iter(q.waiting))].queued_at)
+
+    async def health(self) -> dict:
+        return {}
+
+
+def _entered_state_at(job: JobInfo) -> float:
+    if job.state in (JobState.COMPLETED, JobState.FAILED):
+        return job.finished_at or job.queued_at
+    if job.state is JobState.DELAYED and job.errors:
+        return job.errors[-1].at
+    return job.queued_at

@@ -1,0 +1,302 @@
+"""The OpenAPI 3.1 description of the HTTP API, served at /api/openapi.json."""
+
+from __future__ import annotations
+
+from . import __version__
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _error_responses(*codes: int) -> dict:
+    texts = {
+        400: "malformed body, field or query",
+        401: "missing or invalid credentials",
+        404: "not found, or not yours",
+        413: "body over MAX_BODY_BYTES",
+        415: "neither JSON nor a form",
+        429: "rate limited",
+        503: "job queue unavailable",
+    }
+    return {
+        str(code): {
+            "description": texts[code],
+            "content": {"application/json": {"schema": ERROR}},
+        }
+        for code in codes
+    }
+
+
+def _ok(schema: dict, code: int = 200, description: str = "success") -> dict:
+    return {
+        str(code): {"description": description, "content": {"application/json": {"schema": schema}}}
+    }
+
+
+def _path_param(name: str) -> dict:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+    }
+
+
+ACCEPT_BODY = {
+    "required": True,
+    "content": {
+        media: {"schema": {"$ref": "#/components/schemas/AcceptRequest"}}
+        for media in (
+            "application/json",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+        )
+    },
+}
+
+
+def openapi_document() -> dict:
+    ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "bioagents",
+            "version": __version__,
+            "description": "Chat and deep-research jobs for AI research agents.",
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["ok", "error"],
+                    "properties": {
+                        "ok": {"const": False},
+                        "error": {"type": "string"},
+                        "retryAfter": {"type": "integer"},
+                        "status": {"type": "string"},
+                    },
+                },
+                "AcceptRequest": {
+                    "type": "object",
+                    "required": ["message"],
+                    "properties": {
+                        "message": {"type": "string", "minLength": 1, "maxLength": 20000},
+                        "conversationId": {"type": "string", "format": "uuid"},
+                        "userId": {"type": "string", "maxLength": 128},
+                    },
+                },
+                "Accepted": {
+                    "type": "object",
+                    "required": [
+                        "jobId",
+                        "messageId",
+                        "conversationId",
+                        "userId",
+                        "status",
+                        "pollUrl",
+                    ],
+                    "properties": {
+                        "jobId": {"type": "string"},
+                        "messageId": {"type": "string"},
+                        "conversationId": {"type": "string"},
+                        "userId": {"type": "string"},
+                        "status": {"const": "queued"},
+                        "pollUrl": {"type": "string"},
+                        "deduplicated": {"type": "boolean"},
+                    },
+                },
+                "Progress": {
+                    "type": ["object", "null"],
+                    "properties": {"stage": {"type": "string"}, "percent": {"type": "integer"}},
+                },
+                "ChatStatus": {
+                    "type": "object",
+                    "required": ["status", "progress", "attemptsMade"],
+                    "properties": {
+                        "status": {"enum": ["waiting", "active", "delayed", "completed", "failed"]},
+                        "progress": ref("Progress"),
+                        "attemptsMade": {"type": "integer"},
+                        "result": {
+                            "type": "object",
+                            "properties": {
+                                "text": {"type": "string"},
+                                "userId": {"type": "string"},
+                                "responseTime": {"type": "integer"},
+                            },
+                        },
+                        "error": {"type": "string"},
+                    },
+                },
+                "ResearchStatus": {
+                    "type": "object",
+                    "required": ["status", "messageId", "conversationId"],
+                    "properties": {
+                        "status": {"enum": ["processing", "completed", "failed"]},
+                        "messageId": {"type": "string"},
+                        "conversationId": {"type": "string"},
+                        "progress": {
+                            "type": "object",
+                            "properties": {
+                                "stage": {"type": ["string", "null"]},
+                                "percent": {"type": "integer"},
+                                "completedSteps": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                        "result": {
+                            "type": "object",
+                            "properties": {
+                                "text": {"type": "string"},
+                                "papers": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                        "error": {"type": ["string", "null"]},
+                    },
+                },
+                "Retrying": {
+                    "type": "object",
+                    "properties": {
+                        "ok": {"const": True},
+                        "jobId": {"type": "string"},
+                        "status": {"const": "retrying"},
+                        "previousAttempts": {"type": "integer"},
+                    },
+                },
+                "Message": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "conversationId": {"type": "string"},
+                        "userId": {"type": "string"},
+                        "question": {"type": "string"},
+                        "content": {"type": ["string", "null"]},
+                        "status": {"enum": ["PENDING", "COMPLETE", "FAILED"]},
+                        "error": {"type": ["string", "null"]},
+                        "responseTime": {"type": ["integer", "null"]},
+                        "createdAt": {"type": "string", "format": "date-time"},
+                        "updatedAt": {"type": "string", "format": "date-time"},
+                        "state": {"type": ["object", "null"]},
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "properties": {
+                        "status": {"enum": ["ok", "degraded"]},
+                        "timestamp": {"type": "string"},
+                        "database": {"type": "string"},
+                        "jobQueue": {"type": "object"},
+                    },
+                },
+            },
+        },
+        "security": [{"bearer": []}, {"apiKey": []}, {}],
+        "paths": {
+            "/api/chat": {
+                "post": {
+                    "summary": "Ask a chat question",
+                    "requestBody": ACCEPT_BODY,
+                    "responses": {
+                        **_ok(ref("Accepted"), 202, "queued"),
+                        **_error_responses(400, 401, 404, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/api/deep-research/start": {
+                "post": {
+                    "summary": "Start a deep-research run (deduplicated per conversation)",
+                    "requestBody": ACCEPT_BODY,
+                    "responses": {
+                        **_ok(ref("Accepted"), 202, "queued or deduplicated"),
+                        **_error_responses(400, 401, 404, 413, 415, 429, 503),
+                    },
+                }
+            },
+            "/api/chat/status/{jobId}": {
+                "get": {
+                    "summary": "A chat job's status",
+                    "parameters": [_path_param("jobId")],
+                    "responses": {**_ok(ref("ChatStatus")), **_error_responses(401, 404, 503)},
+                }
+            },
+            "/api/deep-research/status/{messageId}": {
+                "get": {
+                    "summary": "A deep-research run's status",
+                    "parameters": [_path_param("messageId")],
+                    "responses": {**_ok(ref("ResearchStatus")), **_error_responses(401, 404, 503)},
+                }
+            },
+            "/api/chat/retry/{jobId}": {
+                "post": {
+                    "summary": "Retry a failed chat job",
+                    "parameters": [_path_param("jobId")],
+                    "responses": {**_ok(ref("Retrying")), **_error_responses(400, 401, 404, 503)},
+                }
+            },
+            "/api/deep-research/retry/{jobId}": {
+                "post": {
+                    "summary": "Retry a failed deep-research job",
+                    "parameters": [_path_param("jobId")],
+                    "responses": {**_ok(ref("Retrying")), **_error_responses(400, 401, 404, 503)},
+                }
+            },
+            "/api/messages/{messageId}": {
+                "get": {
+                    "summary": "One message",
+                    "parameters": [_path_param("messageId")],
+                    "responses": {**_ok(ref("Message")), **_error_responses(401, 404)},
+                }
+            },
+            "/api/conversations/{conversationId}/messages": {
+                "get": {
+                    "summary": "A conversation's messages, oldest first",
+                    "parameters": [
+                        _path_param("conversationId"),
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 200},
+                        },
+                        {
+                            "name": "before",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "a message id or an ISO 8601 time",
+                        },
+                    ],
+                    "responses": {
+                        **_ok(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "messages": {"type": "array", "items": ref("Message")}
+                                },
+                            }
+                        ),
+                        **_error_responses(400, 401, 404),
+                    },
+                }
+            },
+            "/api/health": {
+                "get": {
+                    "summary": "Health of the database, Redis and workers",
+                    "security": [{}],
+                    "responses": {
+                        **_ok(ref("Health")),
+                        "503": {
+                            "description": "degraded",
+                            "content": {"application/json": {"schema": ref("Health")}},
+                        },
+                    },
+                }
+            },
+            "/api/openapi.json": {
+                "get": {
+                    "summary": "This document",
+                    "security": [{}],
+                    "responses": {"200": {"description": "OpenAPI 3.1"}},
+                }
+            },
+        },
+    }

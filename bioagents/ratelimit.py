@@ -1,0 +1,65 @@
+"""Per-user sliding-window rate limits (SPEC §4), behind one interface.
+
+`MemoryRateLimiter` serves in-process mode; `redis_ratelimit.RedisRateLimiter` is shared by every
+`serve` copy in queue mode.
+"""
+
+from __future__ import annotations
+
+import abc
+import collections
+import dataclasses
+import math
+import time
+
+
+@dataclasses.dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: int  # seconds until the window frees a slot
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, self.reset_seconds)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_seconds),
+        }
+
+
+class RateLimiter(abc.ABC):
+    @abc.abstractmethod
+    async def hit(self, key: str, limit: int, window: float) -> RateDecision:
+        """Count one request for `key` if it fits `limit` per `window` seconds."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def decide(stamps: list[float] | collections.deque, limit: int, window: float, now: float):
+    """The shared arithmetic: given the stamps still in the window (oldest first)."""
+    oldest = stamps[0] if stamps else now  # with this hit counted, the oldest in the window
+    if len(stamps) < limit:
+        return True, limit - len(stamps) - 1, max(1, math.ceil(oldest + window - now))
+    return False, 0, max(1, math.ceil(oldest + window - now))
+
+
+class MemoryRateLimiter(RateLimiter):
+    def __init__(self, clock=time.monotonic):
+        self._clock = clock
+        self._stamps: dict[str, collections.deque[float]] = {}
+
+    async def hit(self, key: str, limit: int, window: float) -> RateDecision:
+        now = self._clock()
+        stamps = self._stamps.setdefault(key, collections.deque())
+        while stamps and stamps[0] <= now - window:
+            stamps.popleft()
+        allowed, remaining, reset = decide(stamps, limit, window, now)
+        if allowed:
+            stamps.append(now)
+        return RateDecision(allowed, limit, remaining, reset)

@@ -1,0 +1,168 @@
+"""What the app reads and writes in the database. Plain functions, run in the database thread
+through `Database.run`; each write is one short transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import peewee as pw
+
+from .db import Conversation, Message, State, User, new_id, utcnow
+
+
+class NotOwned(Exception):
+    """The conversation belongs to someone else (answered as 404, like a missing one)."""
+
+
+@dataclasses.dataclass
+class Accepted:
+    message: Message
+    deduplicated: bool = False
+
+
+def _write_transaction():
+    """A transaction that takes SQLite's write lock at once, so two processes that read then
+    write wait on the busy timeout instead of failing with a lock upgrade."""
+    database = Message._meta.database.obj
+    if isinstance(database, pw.SqliteDatabase):
+        return database.atomic(lock_type="IMMEDIATE")
+    return database.atomic()
+
+
+def accept_message(
+    user_id: str, conversation_id: str | None, question: str, queue: str, *, dedupe: bool
+) -> Accepted:
+    """Create the PENDING message (and its user, conversation and, for research, state row).
+    With `dedupe`, an active message of this queue in the conversation is returned instead."""
+    with _write_transaction():
+        User.insert(id=user_id).on_conflict_ignore().execute()
+        if conversation_id is None:
+            conversation_id = new_id()
+            Conversation.insert(id=conversation_id, user_id=user_id).execute()
+        else:
+            owner = (
+                Conversation.select(Conversation.user_id)
+                .where(Conversation.id == conversation_id)
+                .scalar()
+            )
+            if owner is None:
+                Conversation.insert(id=conversation_id, user_id=user_id).execute()
+            elif owner != user_id:
+                raise NotOwned(conversation_id)
+            elif dedupe:
+                active = (
+                    Message.select()
+                    .where(
+                        (Message.conversation_id == conversation_id)
+                        & (Message.queue == queue)
+                        & (Message.status == Message.PENDING)
+                    )
+                    .order_by(Message.created_at.desc())
+                    .first()
+                )
+                if active is not None:
+                    return Accepted(active, deduplicated=True)
+        state_id = None
+        if queue != "chat":
+            state_id = new_id()
+            State.insert(id=state_id, values={}).execute()
+        now = utcnow()
+        message = Message(
+            id=new_id(),
+            conversation_id=conversation_id,
+            user_id=user_id,
+            queue=queue,
+            question=question,
+            status=Message.PENDING,
+            state_id=state_id,
+            created_at=now,
+            updated_at=now,
+        )
+        message.save(force_insert=True)
+        return Accepted(message)
+
+
+def message_for_user(message_id: str, user_id: str) -> Message | None:
+    return Message.get_or_none((Message.id == message_id) & (Message.user_id == user_id))
+
+
+def message_by_id(message_id: str) -> Message | None:
+    return Message.get_or_none(Message.id == message_id)
+
+
+def owns_conversation(conversation_id: str, user_id: str) -> bool:
+    return (
+        Conversation.select()
+        .where((Conversation.id == conversation_id) & (Conversation.user_id == user_id))
+        .exists()
+    )
+
+
+def conversation_messages(
+    conversation_id: str, user_id: str, limit: int, before: dt.datetime | None
+) -> list[Message] | None:
+    """Oldest first; None when the conversation is not the user's."""
+    if not owns_conversation(conversation_id, user_id):
+        return None
+    query = Message.select().where(Message.conversation_id == conversation_id)
+    if before is not None:
+        query = query.where(Message.created_at < before)
+    newest = list(query.order_by(Message.created_at.desc(), Message.id.desc()).limit(limit))
+    return newest[::-1]
+
+
+def complete_message(message_id: str, content: str, response_time_ms: int) -> bool:
+    """PENDING → COMPLETE, at most once; False when another run already answered."""
+    updated = (
+        Message.update(
+            status=Message.COMPLETE,
+            content=content,
+            error=None,
+            response_time_ms=response_time_ms,
+            updated_at=utcnow(),
+        )
+        .where((Message.id == message_id) & (Message.status == Message.PENDING))
+        .execute()
+    )
+    return updated == 1
+
+
+def fail_message(message_id: str, error: str) -> bool:
+    """PENDING → FAILED; never over COMPLETE."""
+    updated = (
+        Message.update(status=Message.FAILED, error=error, updated_at=utcnow())
+        .where((Message.id == message_id) & (Message.status == Message.PENDING))
+        .execute()
+    )
+    return updated == 1
+
+
+def reopen_message(message_id: str) -> bool:
+    """FAILED → PENDING, for a manual retry."""
+    updated = (
+        Message.update(status=Message.PENDING, error=None, updated_at=utcnow())
+        .where((Message.id == message_id) & (Message.status == Message.FAILED))
+        .execute()
+    )
+    return updated == 1
+
+
+def pending_messages(queue: str | None = None) -> list[Message]:
+    query = Message.select().where(Message.status == Message.PENDING)
+    if queue is not None:
+        query = query.where(Message.queue == queue)
+    return list(query.order_by(Message.created_at))
+
+
+def state_values(state_id: str) -> dict:
+    values = State.select(State.values).where(State.id == state_id).scalar()
+    return dict(values or {})
+
+
+def save_state_value(state_id: str, key: str, value) -> None:
+    """Merge one key into the state's values (read-modify-write in one transaction)."""
+    with _write_transaction():
+        values = state_values(state_id)
+        values[key] = value
+        State.update(values=values).where(State.id == state_id).execute()
