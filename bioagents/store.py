@@ -8,7 +8,7 @@ import datetime as dt
 
 import peewee as pw
 
-from .db import Conversation, Message, State, User, new_id, utcnow
+from .db import Conversation, Message, State, new_id, utcnow
 
 
 class NotOwned(Exception):
@@ -30,44 +30,59 @@ def _write_transaction():
     return database.atomic()
 
 
+def _execute(sql: str, params: tuple):
+    """Run hand-written SQL on the hot paths (peewee's query building costs more than SQLite's
+    work there). `sql` uses `?`; PostgreSQL drivers get their own placeholder."""
+    database = Message._meta.database.obj
+    if database.param != "?":
+        sql = sql.replace("?", database.param)
+    return database.execute_sql(sql, params)
+
+
 def accept_message(
     user_id: str, conversation_id: str | None, question: str, queue: str, *, dedupe: bool
 ) -> Accepted:
     """Create the PENDING message (and its user, conversation and, for research, state row).
     With `dedupe`, an active message of this queue in the conversation is returned instead."""
+    now = utcnow()
+    stamp = Message.created_at.db_value(now)
     with _write_transaction():
-        User.insert(id=user_id).on_conflict_ignore().execute()
+        _execute(
+            "INSERT INTO users (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (user_id, stamp),
+        )
         if conversation_id is None:
             conversation_id = new_id()
-            Conversation.insert(id=conversation_id, user_id=user_id).execute()
+            owner = None
         else:
-            owner = (
-                Conversation.select(Conversation.user_id)
-                .where(Conversation.id == conversation_id)
-                .scalar()
+            row = _execute(
+                "SELECT user_id FROM conversations WHERE id = ?", (conversation_id,)
+            ).fetchone()
+            owner = row[0] if row else None
+        if owner is None:
+            _execute(
+                "INSERT INTO conversations (id, user_id, created_at) VALUES (?, ?, ?)",
+                (conversation_id, user_id, stamp),
             )
-            if owner is None:
-                Conversation.insert(id=conversation_id, user_id=user_id).execute()
-            elif owner != user_id:
-                raise NotOwned(conversation_id)
-            elif dedupe:
-                active = (
-                    Message.select()
-                    .where(
-                        (Message.conversation_id == conversation_id)
-                        & (Message.queue == queue)
-                        & (Message.status == Message.PENDING)
-                    )
-                    .order_by(Message.created_at.desc())
-                    .first()
+        elif owner != user_id:
+            raise NotOwned(conversation_id)
+        elif dedupe:
+            active = (
+                Message.select()
+                .where(
+                    (Message.conversation_id == conversation_id)
+                    & (Message.queue == queue)
+                    & (Message.status == Message.PENDING)
                 )
-                if active is not None:
-                    return Accepted(active, deduplicated=True)
+                .order_by(Message.created_at.desc())
+                .first()
+            )
+            if active is not None:
+                return Accepted(active, deduplicated=True)
         state_id = None
         if queue != "chat":
             state_id = new_id()
-            State.insert(id=state_id, values={}).execute()
-        now = utcnow()
+            _execute('INSERT INTO states (id, "values") VALUES (?, ?)', (state_id, "{}"))
         message = Message(
             id=new_id(),
             conversation_id=conversation_id,
@@ -79,7 +94,21 @@ def accept_message(
             created_at=now,
             updated_at=now,
         )
-        message.save(force_insert=True)
+        _execute(
+            "INSERT INTO messages (id, conversation_id, user_id, queue, question, status, "
+            "state_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.id,
+                conversation_id,
+                user_id,
+                queue,
+                question,
+                Message.PENDING,
+                state_id,
+                stamp,
+                stamp,
+            ),
+        )
         return Accepted(message)
 
 
@@ -114,18 +143,19 @@ def conversation_messages(
 
 def complete_message(message_id: str, content: str, response_time_ms: int) -> bool:
     """PENDING → COMPLETE, at most once; False when another run already answered."""
-    updated = (
-        Message.update(
-            status=Message.COMPLETE,
-            content=content,
-            error=None,
-            response_time_ms=response_time_ms,
-            updated_at=utcnow(),
-        )
-        .where((Message.id == message_id) & (Message.status == Message.PENDING))
-        .execute()
+    cursor = _execute(
+        "UPDATE messages SET status = ?, content = ?, error = NULL, response_time_ms = ?, "
+        "updated_at = ? WHERE id = ? AND status = ?",
+        (
+            Message.COMPLETE,
+            content,
+            response_time_ms,
+            Message.updated_at.db_value(utcnow()),
+            message_id,
+            Message.PENDING,
+        ),
     )
-    return updated == 1
+    return cursor.rowcount == 1
 
 
 def fail_message(message_id: str, error: str) -> bool:
