@@ -23,7 +23,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import percentile, serve_process  # noqa: E402
+from bench.common import percentile, serve_process
 
 
 async def run(base: str, n: int, inflight: int) -> dict:
@@ -118,11 +118,15 @@ def main() -> None:
             figures = asyncio.run(run(base, args.n, args.inflight))
     print(f"in-process mode, offline provider (zero delay), {figures['n']} chats")
     print(f"  baseline: GET /api/openapi.json round trip p50 {figures['baseline_p50']:.2f} ms")
-    print(f"  POST→job:completed, one at a time: p50 {figures['p50']:.2f} ms, "
-          f"p99 {figures['p99']:.2f} ms   (targets ≤ 3 ms, ≤ 9 ms)")
-    print(f"  sustained, {args.inflight} in flight: {figures['jobs_per_s']:.0f} jobs/s "
-          f"(target ≥ 1000), latency p50 {figures['loaded_p50']:.1f} ms, "
-          f"p99 {figures['loaded_p99']:.1f} ms")
+    print(
+        f"  POST→job:completed, one at a time: p50 {figures['p50']:.2f} ms, "
+        f"p99 {figures['p99']:.2f} ms   (targets ≤ 3 ms, ≤ 9 ms)"
+    )
+    print(
+        f"  sustained, {args.inflight} in flight: {figures['jobs_per_s']:.0f} jobs/s "
+        f"(target ≥ 1000), latency p50 {figures['loaded_p50']:.1f} ms, "
+        f"p99 {figures['loaded_p99']:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ class OfflineLLM(LLM):
         if self.delay:
             await asyncio.sleep(self.delay)
         digest = hashlib.sha256(f"{system}\n{prompt}".encode()).hexdigest()[:8]
-        topic = " ".join(prompt.split()[-12:])
+        topic = prompt.strip().splitlines()[0][:200] if prompt.strip() else ""
         return (
             f"[offline provider {digest}] This answer comes from the offline LLM provider, not a "
             f"model: set LLM_PROVIDER=openai for real answers. Task: {system} Topic: {topic}"
