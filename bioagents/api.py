@@ -83,13 +83,14 @@ def _uuid_or_400(value, field: str) -> str:
         raise ApiError(400, f"{field} must be a UUID, got {value[:60]!r}") from None
 
 
-def _path_uuid(request: web.Request, name: str) -> str:
-    """Path ids that are not UUIDs cannot exist: 404 like any unknown id."""
+def _path_uuid(request: web.Request, name: str, **not_found) -> str:
+    """Path ids that are not UUIDs cannot exist: 404 like any unknown id (with the same
+    `not_found` body fields)."""
     value = request.match_info[name]
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise ApiError(404, f"no such {name}") from None
+        raise ApiError(404, f"no such {name}", **not_found) from None
 
 
 def _question(body: dict) -> str:
@@ -195,7 +196,7 @@ async def post_deep_research(request: web.Request) -> web.Response:
 
 
 async def _owned_message(request: web.Request, name: str, queue: str | None = None) -> Message:
-    message_id = _path_uuid(request, name)
+    message_id = _path_uuid(request, name, status="not_found")
     identity = identify(request)
     message = await request.app[DB].run(store.message_for_user, message_id, identity.user_id)
     if message is None or (queue is not None and message.queue != queue):

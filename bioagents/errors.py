@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, error: str, headers: dict | None = None, **extra):
+    # Positional-only, so a body field may itself be called `status` (`status="not_found"`).
+    def __init__(self, status: int, error: str, headers: dict | None = None, /, **extra):
         super().__init__(error)
         self.status = status
         self.error = error
