@@ -6,7 +6,13 @@ from __future__ import annotations
 import sqlite3
 
 from bioagents.config import Settings
+from bioagents.keys import SETTINGS
 from tests.conftest import wait_for
+
+
+def app_settings(client) -> Settings:
+    """The settings the test client's app runs with."""
+    return client.server.app[SETTINGS]
 
 
 def message_rows(settings: Settings) -> list[dict]:
