@@ -148,7 +148,7 @@ async def test_serve_runs_a_chat_end_to_end_and_stops_on_sigterm(tmp_path):
             await until_healthy(http, base, server)
             first = await post(http, f"{base}/api/chat", "open a conversation")
             conversation = first["conversationId"]
-            await until_completed(http, f"{base}{first['pollUrl']}")
+            await until_status(http, f"{base}{first['pollUrl']}", "completed")
 
             async with http.ws_connect(f"{base}/api/ws") as ws:
                 assert (await ws.receive_json(timeout=5))["type"] == "ready"
@@ -203,11 +203,81 @@ async def post(http, url, message, **body) -> dict:
         return await response.json()
 
 
-async def until_completed(http, url, timeout=10.0):
+def start_serve(tmp_path, port, **env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, PROGRAM, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=clean_env(tmp_path, **env),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        server.kill()
+        server.wait()
+    server.stderr.close()
+
+
+def message_status(tmp_path, message_id: str) -> tuple[str, str | None]:
+    with sqlite3.connect(tmp_path / "cli.db") as connection:
+        row = connection.execute(
+            "SELECT status, content FROM messages WHERE id = ?", (message_id,)
+        ).fetchone()
+    connection.close()
+    return row
+
+
+async def test_sigterm_lets_an_active_job_finish_before_exiting(tmp_path):
+    port = free_port()
+    server = start_serve(tmp_path, port, OFFLINE_LLM_DELAY="1.0", SHUTDOWN_GRACE_SECONDS="10")
+    try:
+        async with aiohttp.ClientSession(headers={"X-User-Id": "alice"}) as http:
+            base = f"http://127.0.0.1:{port}"
+            await until_healthy(http, base, server)
+            accepted = await post(http, f"{base}/api/chat", "finish me")
+            await until_status(http, f"{base}{accepted['pollUrl']}", "active")
+
+        server.send_signal(signal.SIGTERM)
+
+        assert server.wait(timeout=20) == 0
+        status, content = message_status(tmp_path, accepted["messageId"])
+        assert status == "COMPLETE"
+        assert content
+    finally:
+        stop(server)
+
+
+async def test_a_job_cut_off_by_the_grace_period_is_completed_after_restart(tmp_path):
+    port = free_port()
+    server = start_serve(tmp_path, port, OFFLINE_LLM_DELAY="5", SHUTDOWN_GRACE_SECONDS="0.2")
+    try:
+        async with aiohttp.ClientSession(headers={"X-User-Id": "alice"}) as http:
+            base = f"http://127.0.0.1:{port}"
+            await until_healthy(http, base, server)
+            accepted = await post(http, f"{base}/api/chat", "too slow for the grace period")
+            await until_status(http, f"{base}{accepted['pollUrl']}", "active")
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=20) == 0
+            assert message_status(tmp_path, accepted["messageId"])[0] == "PENDING"
+
+            server = start_serve(tmp_path, port, OFFLINE_LLM_DELAY="0")
+            await until_healthy(http, base, server)
+            body = await until_status(http, f"{base}{accepted['pollUrl']}", "completed")
+        assert body["attemptsMade"] == 1  # the interrupted attempt was not spent
+        assert message_status(tmp_path, accepted["messageId"])[0] == "COMPLETE"
+    finally:
+        stop(server)
+
+
+async def until_status(http, url, status, timeout=10.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         async with http.get(url) as response:
-            if (await response.json())["status"] == "completed":
-                return
+            body = await response.json()
+            if body["status"] == status:
+                return body
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} did not complete")
+    raise AssertionError(f"{url} never reached {status}")

@@ -87,6 +87,10 @@ async def test_chat_that_always_fails_ends_failed_once_then_manual_retry_succeed
     assert failed[0]["queue"] == "chat"
     assert "500" in failed[0]["error"]
     assert "job:completed" not in {e["type"] for e in events}
+    assert [e["type"] for e in events][-2:] == ["message:updated", "job:failed"]
+    for event in events:
+        assert event["queue"] == "chat"
+        assert event["attempt"] in (1, 2, 3, 4)
 
     status = await chat_status_when(llm_client, job_id, "failed")
     assert status["attemptsMade"] == 4
