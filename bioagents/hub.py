@@ -51,10 +51,11 @@ class Client:
 
 
 class Hub:
-    def __init__(self, settings: Settings, db: Database, heartbeat: float = HEARTBEAT_SECONDS):
+    def __init__(self, settings: Settings, db: Database, heartbeat: float | None = None):
         self.settings = settings
         self.db = db
-        self.heartbeat = heartbeat
+        # Read when the hub is built (like AUTH_TIMEOUT at each socket), not frozen at import.
+        self.heartbeat = HEARTBEAT_SECONDS if heartbeat is None else heartbeat
         self._subscribers: dict[str, set[Client]] = {}
         self._clients: set[Client] = set()
 

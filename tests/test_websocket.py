@@ -9,8 +9,9 @@ from aiohttp import WSMsgType
 
 from bioagents import hub
 from bioagents.auth import issue_token
+from bioagents.keys import HUB
 from tests.api_support import chat_status_when
-from tests.conftest import bearer, events_until, open_socket, post_chat, subscribe
+from tests.conftest import bearer, events_until, open_socket, post_chat, subscribe, wait_for
 
 
 async def expect_rejected(ws) -> dict:
@@ -209,4 +210,24 @@ async def test_ping_is_answered_with_pong_before_and_after_auth(client):
     await ws.send_json({"action": "auth", "userId": "alice"})
     assert (await ws.receive_json(timeout=5))["type"] == "authenticated"
     await assert_usable(ws)
+    await ws.close()
+
+
+async def test_a_socket_that_stops_answering_pings_is_dropped(make_client, monkeypatch):
+    monkeypatch.setattr(hub, "HEARTBEAT_SECONDS", 0.3)
+    client = await make_client()
+    the_hub = client.server.app[HUB]
+    ws = await client.ws_connect("/api/ws", autoping=False)  # a client that never pongs
+    assert await ws.receive_json(timeout=5) == {"type": "ready"}
+    await ws.send_json({"action": "auth", "userId": "alice"})
+    assert (await ws.receive_json(timeout=5))["type"] == "authenticated"
+    assert the_hub.client_count == 1
+
+    ping = await ws.receive(timeout=5)
+    assert ping.type == WSMsgType.PING  # the server's heartbeat
+
+    async def dropped():
+        return the_hub.client_count == 0
+
+    await wait_for(dropped, timeout=5)
     await ws.close()
