@@ -57,16 +57,19 @@ async def read_body(request: web.Request) -> dict:
 
 
 def identify(request: web.Request, body_user_id=None) -> auth.Identity:
-    try:
-        chosen = auth.check_user_id(request.headers.get("X-User-Id")) or auth.check_user_id(
-            body_user_id if body_user_id is not None else request.query.get("userId")
-        )
-    except ValueError as error:
-        raise ApiError(400, str(error)) from None
+    authorization = request.headers.get("Authorization")
+    chosen = None
+    if not authorization:  # a JWT caller's chosen id is ignored, so never judged either
+        try:
+            chosen = auth.check_user_id(request.headers.get("X-User-Id")) or auth.check_user_id(
+                body_user_id if body_user_id is not None else request.query.get("userId")
+            )
+        except ValueError as error:
+            raise ApiError(400, str(error)) from None
     try:
         return auth.resolve(
             request.app[SETTINGS],
-            request.headers.get("Authorization"),
+            authorization,
             request.headers.get("X-API-Key"),
             chosen,
         )

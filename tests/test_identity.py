@@ -45,6 +45,12 @@ async def test_a_jwt_caller_cannot_choose_another_user_id(make_client, settings_
 
     assert status == 202
     assert body["userId"] == "alice"
+    # ignored, so not judged either: a malformed chosen id does not fail a JWT caller
+    status, body = await post_as(
+        client, {**bearer(settings, "alice"), "X-User-Id": "m" * 500}, userId=["not", "an id"]
+    )
+    assert status == 202
+    assert body["userId"] == "alice"
 
 
 async def test_the_api_key_honours_the_chosen_user_id(make_client):
