@@ -1,0 +1,93 @@
+"""What the board's buttons do, over the job-queue interface and the message rows.
+
+A job's message row must agree with the job: a manual retry reopens the FAILED message (as
+`POST /api/chat/retry` does), and a job removed before it finished fails its PENDING message
+with a reason, so no accepted request is left PENDING forever (SPEC §6 "nothing lost")."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from . import store
+from .db import Database
+from .jobs.base import InvalidJobState, JobInfo, JobNotFound, JobQueue, JobState
+
+UNFINISHED = (JobState.WAITING, JobState.DELAYED)
+CLEANABLE = (JobState.COMPLETED, JobState.FAILED, JobState.WAITING, JobState.DELAYED)
+LIST_BATCH = 1000
+
+
+@dataclasses.dataclass
+class Retried:
+    job: JobInfo
+    previous_attempts: int
+
+
+async def retry(jobs: JobQueue, db: Database, queue: str, job_id: str) -> Retried:
+    """Retry one failed job. Raises JobNotFound, or InvalidJobState when it has not failed."""
+    job = await jobs.get(queue, job_id)
+    if job is None:
+        raise JobNotFound(f"job {job_id} is not in queue {queue}")
+    if job.state is not JobState.FAILED:
+        raise InvalidJobState(f"only failed jobs can be retried; this one is {job.state.value}")
+    # The in-process queue hands out its live JobInfo: read what we need before it changes.
+    previous, last_error = job.attempts_made, job.error
+    await db.run(store.reopen_message, job_id)
+    try:
+        retried = await jobs.retry(queue, job_id)
+    except JobNotFound:
+        # Removed meanwhile: the message goes back to FAILED. (InvalidJobState means another
+        # admin retried it first; the message is theirs to answer then.)
+        await db.run(store.fail_message, job_id, last_error or "failed")
+        raise
+    return Retried(retried, previous)
+
+
+async def retry_failed(jobs: JobQueue, db: Database, queue: str) -> int:
+    """Retry every failed job of the queue; returns how many were retried.
+
+    Job by job rather than `JobQueue.retry_failed`, because each job's message must be reopened
+    before its new attempt can answer it; a job another admin retried meanwhile is skipped."""
+    retried = 0
+    for job_id in await _ids_in_state(jobs, queue, JobState.FAILED):
+        try:
+            await retry(jobs, db, queue, job_id)
+        except (JobNotFound, InvalidJobState):
+            continue
+        retried += 1
+    return retried
+
+
+async def remove(jobs: JobQueue, db: Database, queue: str, job_id: str) -> JobInfo:
+    """Delete a job that is not active. Raises JobNotFound or InvalidJobState."""
+    job = await jobs.get(queue, job_id)
+    if job is None:
+        raise JobNotFound(f"job {job_id} is not in queue {queue}")
+    state = job.state
+    await jobs.remove(queue, job_id)
+    if state in UNFINISHED:
+        await db.run(store.fail_message, job_id, f"removed from the {queue} queue by an admin")
+    return job
+
+
+async def clean(
+    jobs: JobQueue, db: Database, queue: str, state: JobState, older_than: float
+) -> int:
+    """Remove the jobs in `state` older than `older_than` seconds; returns how many."""
+    if state not in CLEANABLE:
+        raise InvalidJobState(f"{state.value} jobs cannot be cleaned")
+    before = await _ids_in_state(jobs, queue, state) if state in UNFINISHED else []
+    removed = await jobs.clean(queue, state, older_than)
+    for job_id in before:
+        if await jobs.get(queue, job_id) is None:
+            await db.run(store.fail_message, job_id, f"cleaned from the {queue} queue by an admin")
+    return removed
+
+
+async def _ids_in_state(jobs: JobQueue, queue: str, state: JobState) -> list[str]:
+    ids: list[str] = []
+    while True:
+        page = await jobs.list(queue, state, len(ids), LIST_BATCH)
+        ids.extend(job.id for job in page)
+        if len(page) < LIST_BATCH:
+            return ids

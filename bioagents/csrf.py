@@ -1,0 +1,99 @@
+"""CSRF protection for the admin board's POSTs (SPEC §7): a token bound to the signed-in admin,
+sent back as `X-CSRF-Token` or a `csrf_token` form field, plus an Origin (or Referer) that must
+be the board's own origin. Both checks are needed: the token proves the request was built from a
+board page, the origin proves a browser did not send it on behalf of another site."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .config import Settings
+
+HEADER = "X-CSRF-Token"
+FORM_FIELD = "csrf_token"
+
+
+class CsrfRefused(Exception):
+    """The POST fails a CSRF check; the message says which one, in one sentence."""
+
+
+def signing_key(settings: Settings) -> bytes:
+    """The key tokens are signed with. Derived from the configured secrets so every `serve`
+    copy accepts the others' tokens; random per process when none is configured (the board is
+    then served to loopback clients of this one machine only)."""
+    material = f"{settings.secret}\x00{settings.admin_password}"
+    if material == "\x00":
+        return secrets.token_bytes(32)
+    return hashlib.sha256(b"bioagents-csrf\x00" + material.encode()).digest()
+
+
+def token_for(key: bytes, principal: str) -> str:
+    """The token of one admin. Stable, so fragments that carry it stay cacheable by ETag."""
+    digest = hmac.new(key, f"csrf\x00{principal}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def own_origin(request: web.Request) -> str:
+    """The origin the board is served from, as a browser spells it in `Origin`.
+
+    `X-Forwarded-Proto` is honoured because a TLS-terminating proxy (Heroku's router) talks
+    plain HTTP to us; trusting it is safe here since a forged value cannot make a foreign
+    page's Origin equal our host."""
+    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    scheme = forwarded if forwarded in ("http", "https") else request.scheme
+    return f"{scheme}://{request.host}".lower()
+
+
+def _origin_of(url: str) -> str | None:
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def check_origin(request: web.Request) -> None:
+    """Raise CsrfRefused unless Origin (or, without one, Referer) is the board's origin."""
+    expected = own_origin(request)
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        if origin.strip().lower() != expected:
+            raise CsrfRefused(
+                f"cross-origin POST refused: Origin {origin[:100]!r} is not the board's "
+                f"origin {expected!r}"
+            )
+        return
+    referer = request.headers.get("Referer")
+    if referer is None:
+        raise CsrfRefused(
+            "a board POST must carry an Origin (or Referer) header naming the board's origin"
+        )
+    if _origin_of(referer) != expected:
+        raise CsrfRefused(
+            f"cross-origin POST refused: Referer {referer[:100]!r} is not on the board's "
+            f"origin {expected!r}"
+        )
+
+
+async def check_token(request: web.Request, expected: str) -> None:
+    """Raise CsrfRefused unless the request carries `expected` in the header or form field."""
+    sent = request.headers.get(HEADER)
+    if sent is None and request.content_type in (
+        "application/x-www-form-urlencoded",
+        "multipart/form-data",
+    ):
+        form = await request.post()
+        value = form.get(FORM_FIELD)
+        sent = value if isinstance(value, str) else None
+    if not sent:
+        raise CsrfRefused(
+            f"missing CSRF token: send the {HEADER} header or a {FORM_FIELD} form field "
+            '(every board page carries it in <meta name="csrf-token">)'
+        )
+    if not hmac.compare_digest(sent.encode(), expected.encode()):
+        raise CsrfRefused("invalid CSRF token; reload the board page and try again")
