@@ -233,7 +233,8 @@ async def chat_status(request: web.Request) -> web.Response:
         }
         if job.state is JobState.COMPLETED:
             body["result"] = job.result
-        if job.error is not None and job.state is not JobState.COMPLETED:
+        # The latest attempt's error while it matters: between attempts and at the end.
+        if job.error is not None and job.state in (JobState.DELAYED, JobState.FAILED):
             body["error"] = job.error
         return json(body)
     # The job left the queue (retention, or an in-process restart): the message row tells.
@@ -444,10 +445,6 @@ async def _safe_workers(jobs, name: str) -> int:
 
 async def openapi(request: web.Request) -> web.Response:
     return json(openapi_document())
-
-
-async def unknown_api_route(request: web.Request) -> web.Response:
-    raise ApiError(404, f"no route for {request.method} {request.path}")
 
 
 def setup_routes(app: web.Application) -> None:

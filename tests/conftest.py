@@ -14,7 +14,7 @@ from bioagents.config import Settings
 BASE_ENV = {
     "CHAT_RATE_LIMIT_PER_MINUTE": "0",
     "DEEP_RESEARCH_RATE_LIMIT_PER_5MIN": "0",
-    "BIOAGENTS_SECRET": "test-secret",
+    "BIOAGENTS_SECRET": "test-secret-0123456789abcdef0123456789",
     "SHUTDOWN_GRACE_SECONDS": "2",
 }
 

@@ -105,7 +105,14 @@ def test_migrate_is_idempotent_and_keeps_data(tmp_path):
 
 
 async def test_token_prints_a_jwt_the_api_accepts(tmp_path, make_client):
-    result = run(tmp_path, "token", "alice", "--ttl", "600", BIOAGENTS_SECRET="test-secret")
+    result = run(
+        tmp_path,
+        "token",
+        "alice",
+        "--ttl",
+        "600",
+        BIOAGENTS_SECRET="test-secret-0123456789abcdef0123456789",
+    )
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert token.count(".") == 2

@@ -17,7 +17,7 @@ from tests.api_support import (
 )
 from tests.conftest import bearer, post_chat
 
-SECRET = "test-secret"  # BASE_ENV's BIOAGENTS_SECRET
+SECRET = "test-secret-0123456789abcdef0123456789"  # BASE_ENV's BIOAGENTS_SECRET
 
 
 async def post_as(client, headers: dict, **body):
