@@ -36,20 +36,6 @@ HTMX_CONFIG = {
 }
 
 
-def age(seconds: float | None) -> str:
-    """A short human age, coarse enough that a list does not change every second."""
-    if seconds is None:
-        return "—"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{int(seconds)} s"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min"
-    if seconds < 2 * 86400:
-        return f"{int(seconds // 3600)} h"
-    return f"{int(seconds // 86400)} d"
-
-
 def duration(seconds: float | None) -> str:
     """A precise duration: 850 ms, 12.3 s, 4 min 5 s, 2 h 3 min."""
     if seconds is None:
@@ -128,7 +114,6 @@ def build_environment() -> jinja2.Environment:
         return f"/static/{name}?v={version}" if version else f"/static/{name}"
 
     env.filters.update(
-        age=age,
         duration=duration,
         clock=clock,
         iso=iso,

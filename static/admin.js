@@ -1,6 +1,8 @@
 // The admin board's only script: what htmx cannot do alone under a strict CSP.
 // - live fragments (class "live") poll with hx-trigger "every Ns"; while the tab is hidden
 //   their requests are cancelled, and when it is shown again they refresh at once;
+// - <time data-age> shows its age ("12 s", "in 3 s"), counted here from the server's clock,
+//   so the server renders fixed times and an unchanged fragment keeps its ETag;
 // - notices from actions (HX-Trigger "board-notice") and JSON errors appear in a toast.
 (function () {
   "use strict";
@@ -25,6 +27,34 @@
     } catch (ignored) { /* not JSON */ }
     return "The server answered " + xhr.status + " " + (xhr.statusText || "");
   }
+
+  var serverTime = document.querySelector('meta[name="board-time"]');
+  var skew = serverTime ? Number(serverTime.content) * 1000 - Date.now() : 0;
+
+  function age(seconds) {
+    if (seconds < 60) return Math.floor(seconds) + " s";
+    if (seconds < 3600) return Math.floor(seconds / 60) + " min";
+    if (seconds < 2 * 86400) return Math.floor(seconds / 3600) + " h";
+    return Math.floor(seconds / 86400) + " d";
+  }
+
+  function showAges(root) {
+    var now = Date.now() + skew;
+    var times = (root && root.querySelectorAll ? root : document).querySelectorAll("time[data-age]");
+    for (var i = 0; i < times.length; i++) {
+      var at = Date.parse(times[i].getAttribute("datetime"));
+      if (isNaN(at)) continue;
+      var seconds = (now - at) / 1000;
+      if (times[i].getAttribute("data-age") === "until") {
+        times[i].textContent = seconds < 0 ? "in " + age(-seconds) : "now";
+      } else {
+        times[i].textContent = age(Math.max(0, seconds));
+      }
+    }
+  }
+
+  if (window.htmx) window.htmx.onLoad(showAges); // the page, then every swapped-in fragment
+  window.setInterval(function () { if (!document.hidden) showAges(document); }, 1000);
 
   document.body.addEventListener("htmx:beforeRequest", function (event) {
     var elt = event.detail && event.detail.elt;

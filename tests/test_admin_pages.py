@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import html
 import re
 
@@ -16,6 +17,7 @@ from tests.admin_support import (
     fail_job,
     fake_llm_app,
     job_in_state,
+    job_of,
     llm_env,
 )
 from tests.conftest import post_chat
@@ -48,7 +50,7 @@ async def test_overview_shows_a_card_per_queue_with_counts_paused_workers_and_ag
             assert f'data-count="{state}"' in card
         assert 'data-paused="false"' in card
         assert '<dd data-fact="workers">1</dd>' in card
-        assert 'data-fact="oldest-waiting">—<' in card
+        assert '<dd data-fact="oldest-waiting"><span class="muted">—</span></dd>' in card
     chat_card = page.split('data-queue="chat"')[1].split("</section>")[0]
     assert '<span class="count-n" data-count="completed">1</span>' in chat_card
     assert job_id not in page  # counts only; lists live on the queue pages
@@ -251,10 +253,15 @@ async def test_waiting_jobs_without_a_live_worker_raise_a_warning(client, monkey
     """In-process mode always has its worker; the interface reporting none (as in a queue-mode
     deployment with no `worker` process) makes the card warn."""
     await board_post(client, "/admin/queues/api/queues/chat/pause")
-    await post_chat(client, "held while paused")
+    _, body = await post_chat(client, "held while paused")
     paused = await (await client.get("/admin/queues")).text()
     assert "waiting job starts when the queue is resumed" in paused
     assert 'data-warning="no-worker"' not in paused
+    # The oldest waiting job's age is counted (client-side) from when it was queued.
+    queued_at = (await job_of(client, "chat", body["jobId"]))["queuedAt"]
+    oldest = re.search(r'data-fact="oldest-waiting"><time datetime="([^"]+)" data-age', paused)
+    waited_since = dt.datetime.fromisoformat(oldest.group(1)).timestamp()
+    assert abs(waited_since - queued_at) <= 1
 
     async def no_workers(queue: str) -> int:
         return 0
