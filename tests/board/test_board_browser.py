@@ -178,3 +178,22 @@ def test_polling_stops_while_the_tab_is_hidden(watched):
     with page.expect_request(FRAGMENT, timeout=LIVE):
         page.evaluate(SET_VISIBILITY, False)
     assert watched.problems() == []
+
+
+def test_jump_to_a_job_by_id_then_remove_it_from_its_page(board, watched):
+    job_id = board.chat("What is a promoter region?")
+    board.wait_for_state("chat", job_id, "completed")
+
+    page = watched.page
+    page.goto("/admin/queues")
+    page.get_by_label("Job id").fill(job_id)
+    page.get_by_role("button", name="Go").click()
+    expect(page).to_have_url(re.compile(f"/admin/queues/queue/chat/{job_id}$"))
+    expect(page.locator(".job-state .badge")).to_have_text("completed")
+
+    page.get_by_role("button", name="Remove").click()
+    expect(page).to_have_url(re.compile(r"/admin/queues/queue/chat\?status=completed$"))
+    assert watched.dialogs == [f"Remove job {job_id} from chat? This cannot be undone."]
+    expect(page.locator(f'tr[data-job-id="{job_id}"]')).to_have_count(0)
+    assert board.job("chat", job_id) is None
+    assert watched.problems() == []
