@@ -221,7 +221,7 @@ async def overview_page(request: web.Request) -> web.Response:
 @_interface_errors
 async def overview_fragment(request: web.Request) -> web.Response:
     context = _common(request, queues=await _summaries(request.app[JOBS]))
-    return fragment_response(request, "_cards.html", "overview-live", **context)
+    return fragment_response(request, "_cards.html", "overview-live", OVERVIEW_FRAGMENT, **context)
 
 
 async def _list_context(request: web.Request) -> dict:
@@ -251,7 +251,9 @@ async def queue_page(request: web.Request) -> web.Response:
 @_interface_errors
 async def queue_fragment(request: web.Request) -> web.Response:
     context = await _list_context(request)
-    return fragment_response(request, "_jobs.html", "jobs-live", **context)
+    listing = context["listing"]
+    url = _list_fragment_url(context["queue"].name, listing.state, listing.page)
+    return fragment_response(request, "_jobs.html", "jobs-live", url, **context)
 
 
 def _job_fragment_url(queue: str, job_id: str) -> str:
@@ -277,7 +279,8 @@ async def job_fragment(request: web.Request) -> web.Response:
     # A job that vanished while its page was open (removed, cleaned, retention) is shown as
     # gone; the fragment then stops polling.
     context = _common(request, queue=await _summary(jobs, queue), job=job, polling=job is not None)
-    return fragment_response(request, "_job.html", "job-live", **context)
+    url = _job_fragment_url(queue, request.match_info["jobId"])
+    return fragment_response(request, "_job.html", "job-live", url, **context)
 
 
 @_interface_errors

@@ -158,10 +158,11 @@ def live(request: web.Request, template: str, element_id: str, url: str, **conte
 
 
 def fragment_response(
-    request: web.Request, template: str, element_id: str, **context
+    request: web.Request, template: str, element_id: str, url: str, **context
 ) -> web.Response:
-    """Answer a poll of `live`: 304 while the client's ETag matches, else the new fragment."""
-    etag, html = _wrapped(request, template, element_id, request.path_qs, context)
+    """Answer a poll of `live` from `url` (canonical, as the page embedded it): 304 while the
+    client's ETag matches, else the new fragment."""
+    etag, html = _wrapped(request, template, element_id, url, context)
     headers = {"ETag": etag, "Cache-Control": "no-cache, private"}
     sent = request.headers.get("If-None-Match", "")
     if etag in (tag.strip() for tag in sent.split(",")):

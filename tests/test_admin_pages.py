@@ -282,3 +282,11 @@ async def test_board_get_routes_refuse_post(client):
     response = await board_post(client, "/admin/queues")
     assert response.status == 405
     assert (await response.json())["ok"] is False
+
+
+async def test_a_fragment_polls_its_canonical_url_whatever_the_request_added(client):
+    response = await client.get("/admin/queues/fragments/queue/chat?page=1&status=failed&x=<b>")
+    fragment = await response.text()
+    assert response.status == 200
+    assert 'hx-get="/admin/queues/fragments/queue/chat?status=failed&amp;page=1"' in fragment
+    assert "<b>" not in fragment and "x=" not in fragment
