@@ -189,7 +189,9 @@ def board(tmp_path_factory):
         _stop(llm)
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: while Playwright's sync API is open it keeps an event loop
+# running in this thread, which pytest-asyncio's tests in later modules cannot share.
+@pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
         pytest.skip(f"{CHROMIUM} is missing: apt-get install chromium")
