@@ -20,6 +20,11 @@ import hashlib
 import logging
 
 from redis import asyncio as aioredis
+
+try:  # hiredis packs commands in C, several times faster than redis-py's Python packer
+    from hiredis import pack_command
+except ImportError:  # pragma: no cover - redis[hiredis] is a dependency
+    pack_command = None
 from redis.exceptions import NoScriptError, ResponseError
 
 from .jobs.base import QueueUnavailable
@@ -142,9 +147,11 @@ class AutoPipeline:
         conn = await self._connection()
         self.round_trips += 1
         self.commands += len(batch)
-        await conn.send_packed_command(
-            conn.pack_commands([entry.args for entry in batch]), check_health=False
-        )
+        if pack_command is not None:
+            packed = b"".join([pack_command(entry.args) for entry in batch])
+        else:
+            packed = b"".join(conn.pack_commands([entry.args for entry in batch]))
+        await conn.send_packed_command(packed, check_health=False)
         replies = []
         async with asyncio.timeout(REPLY_TIMEOUT):
             for _ in batch:

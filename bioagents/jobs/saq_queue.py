@@ -1,15 +1,19 @@
 """Queue mode's job queue: the JobQueue interface over SAQ's Redis queue.
 
-Jobs are SAQ jobs: each is stored as SAQ's `Job.to_dict()` JSON under SAQ's key
-(`saq:job:<queue>:<id>`), so SAQ's own `queue.job(id)` reads them. What SAQ lacks is added as
-indexes next to them, each changed only by the atomic scripts in `saq_scripts.py`:
+Jobs are SAQ jobs: each is stored under SAQ's key (`saq:job:<queue>:<id>`) as SAQ's
+`Job.to_dict()` JSON less the fields the key already says (`key`, `queue`, `function`) and the
+`timeout` every job of ours has (0: liveness is the worker heartbeat); SAQ's own readers
+(`queue.job(id)`, `queue.jobs(ids)`) get them back through `BioRedisQueue`. Retained jobs are
+most of Redis's memory, so each byte of a record counts. What SAQ lacks is added as indexes
+next to the records, each changed only by the atomic scripts in `saq_scripts.py`:
 
     saq:<queue>:waiting    list   ids ready to run, oldest first (workers pop from the left)
     saq:<queue>:running    hash   id → "<worker> <started ms>": the claim of the active attempt
     saq:<queue>:progress   hash   id → the active attempt's latest progress (JSON)
     saq:<queue>:delayed    zset   id → when its backoff ends (ms, Redis clock)
-    saq:<queue>:completed  zset   id → when it completed (ms): counts, newest-first pages,
-    saq:<queue>:failed     zset   id → when it failed (ms)     retention by age and count
+    saq:<queue>:completed  list   ids in completion order, newest first (a list costs less than
+                                  half a zset entry; the count limit keeps it short)
+    saq:<queue>:failed     zset   id → when it failed (ms) (no count limit: removal must be cheap)
     saq:<queue>:paused     string present while the queue is paused (every worker checks it)
     saq:<queue>:wake       zset   one member, added when work arrives; idle workers block on it
     saq:<queue>:workers    zset   worker id → heartbeat expiry (ms, Redis clock)
@@ -85,19 +89,23 @@ class Keys:
         return self.job_prefix + job_id
 
 
-def new_record(spec: QueueSpec, job_id: str, data: dict, queued_ms: int) -> dict:
-    """A fresh job as SAQ's Job.to_dict() has it (defaults left out, as SAQ does): no SAQ
-    timeout (liveness is the worker heartbeat) and `retries` = SAQ's total attempts."""
+IMPLIED_FIELDS = ("key", "queue", "function", "timeout")  # not stored: see the module docstring
+
+
+def new_record(spec: QueueSpec, data: dict, queued_ms: int) -> dict:
+    """A fresh job's record: SAQ's Job.to_dict() with defaults and implied fields left out;
+    `retries` is SAQ's total attempts."""
     return {
-        "function": spec.name,
         "kwargs": data,
-        "queue": spec.name,
-        "key": job_id,
-        "timeout": 0,
         "retries": spec.max_attempts,
         "queued": queued_ms,
         "status": Status.QUEUED.value,
     }
+
+
+def compact(job_dict: dict) -> dict:
+    """A SAQ Job.to_dict() as stored here."""
+    return {field: value for field, value in job_dict.items() if field not in IMPLIED_FIELDS}
 
 
 def _text(value) -> str | None:
@@ -106,7 +114,9 @@ def _text(value) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def job_info(queue: str, record_raw, running, progress_raw, delayed_score) -> JobInfo | None:
+def job_info(
+    queue: str, job_id: str, record_raw, running, progress_raw, delayed_score
+) -> JobInfo | None:
     """The interface's view of a stored job (None when there is no record)."""
     if not record_raw:
         return None
@@ -133,7 +143,7 @@ def job_info(queue: str, record_raw, running, progress_raw, delayed_score) -> Jo
         state = JobState.WAITING
     completed = record.get("completed")
     return JobInfo(
-        id=record["key"],
+        id=job_id,
         queue=queue,
         data=record.get("kwargs") or {},
         state=state,
@@ -168,7 +178,7 @@ class BioRedisQueue(RedisQueue):
 
     async def add(self, job_id: str, data: dict) -> bool:
         """Store a waiting job; False when one with that id exists."""
-        record = new_record(self.spec, job_id, data, now_ms())
+        record = new_record(self.spec, data, now_ms())
         k = self.keys
         return bool(
             await self._script(
@@ -288,6 +298,27 @@ class BioRedisQueue(RedisQueue):
 
     # --- SAQ's seams, on this layout ---------------------------------------------------------
 
+    def saq_job(self, job_key: str, record):
+        """SAQ's Job from a stored record, raw or parsed (the implied fields put back)."""
+        if not record:
+            return None
+        if not isinstance(record, dict):
+            record = orjson.loads(record)
+        implied = {"function": self.name, "queue": self.name, "key": job_key, "timeout": 0}
+        return self.deserialize({**implied, **record})
+
+    async def _get_job_by_id(self, job_id):
+        job_id = _text(job_id)
+        raw = await self.pipeline.call("GET", job_id)
+        return self.saq_job(self.job_key_from_id(job_id), raw)
+
+    async def jobs(self, job_keys):
+        job_keys = list(job_keys)
+        if not job_keys:
+            return []
+        raws = await self.pipeline.call("MGET", *(self.job_id(key) for key in job_keys))
+        return [self.saq_job(key, raw) for key, raw in zip(job_keys, raws, strict=True)]
+
     async def _enqueue(self, job):
         data = job.kwargs or {}
         return job if await self.add(job.key, data) else None
@@ -296,18 +327,18 @@ class BioRedisQueue(RedisQueue):
         claim, jobs = await self.claim(self.worker_id, 1)
         if not jobs:
             return None
-        job = self.deserialize(jobs[0][1])
+        job = self.saq_job(*jobs[0])
         job.worker_id = claim
         job.status = Status.ACTIVE
         return job
 
     async def _finish(self, job, status, *, result=None, error=None) -> None:
-        record = job.to_dict()
+        record = compact(job.to_dict())
         outcome = JobState.COMPLETED if status == Status.COMPLETE else JobState.FAILED
         await self.settle(job.key, job.worker_id or "", outcome, record)
 
     async def _retry(self, job, error) -> None:
-        record = job.to_dict()
+        record = compact(job.to_dict())
         delay = self.spec.backoff(max(1, job.attempts))
         await self.settle(job.key, job.worker_id or "", JobState.DELAYED, record, delay)
 
@@ -364,7 +395,7 @@ class SaqJobQueue(JobQueue):
             reply = await q._script(
                 scripts.GET, [k.job(job_id), k.running, k.progress, k.delayed], [job_id]
             )
-        return job_info(queue, *reply)
+        return job_info(queue, job_id, *reply)
 
     async def _get_many(self, q: BioRedisQueue, ids: list[str]) -> list[JobInfo]:
         if not ids:
@@ -375,8 +406,8 @@ class SaqJobQueue(JobQueue):
                 scripts.GET_MANY, [k.running, k.progress, k.delayed], [k.job_prefix, *ids]
             )
         jobs = []
-        for i in range(0, len(flat), 4):
-            job = job_info(q.name, *flat[i : i + 4])
+        for n, i in enumerate(range(0, len(flat), 4)):
+            job = job_info(q.name, ids[n], *flat[i : i + 4])
             if job is not None:
                 jobs.append(job)
         return jobs
@@ -498,17 +529,15 @@ class SaqJobQueue(JobQueue):
                 ]
                 pairs.sort(key=lambda pair: pair[1], reverse=True)
                 ids = [job_id for job_id, _ in pairs[offset : offset + limit]]
+            elif state is JobState.COMPLETED:
+                await q.trim()
+                newest = await q.pipeline.call("LRANGE", k.completed, offset, offset + limit - 1)
+                ids = [_text(i) for i in newest]
             else:
                 await q.trim()
-                index = {
-                    JobState.DELAYED: k.delayed,
-                    JobState.COMPLETED: k.completed,
-                    JobState.FAILED: k.failed,
-                }[state]
-                ids = [
-                    _text(i)
-                    for i in await q.pipeline.call("ZREVRANGE", index, offset, offset + limit - 1)
-                ]
+                index = k.delayed if state is JobState.DELAYED else k.failed
+                newest = await q.pipeline.call("ZREVRANGE", index, offset, offset + limit - 1)
+                ids = [_text(i) for i in newest]
         return [job for job in await self._get_many(q, ids) if job.state is state]
 
     async def clean(self, queue: str, state: JobState, older_than: float) -> int:
@@ -521,11 +550,13 @@ class SaqJobQueue(JobQueue):
         removed = 0
         with unavailable_as_queue_error():
             if state in (JobState.COMPLETED, JobState.FAILED):
-                index = k.completed if state is JobState.COMPLETED else k.failed
+                script, index = (
+                    (scripts.REMOVE_COMPLETED_BEFORE, k.completed)
+                    if state is JobState.COMPLETED
+                    else (scripts.REMOVE_FAILED_BEFORE, k.failed)
+                )
                 while True:
-                    batch = await q._script(
-                        scripts.REMOVE_FINISHED_BEFORE, [index], [k.job_prefix, cutoff, 1000]
-                    )
+                    batch = await q._script(script, [index], [k.job_prefix, cutoff, 1000])
                     removed += batch
                     if batch < 1000:
                         return removed

@@ -38,13 +38,15 @@ for i, id in ipairs(ids) do
 end
 redis.call('HSET', KEYS[2], unpack(entries))
 local records = redis.call('MGET', unpack(keys))
-if redis.call('LLEN', KEYS[1]) > 0 then redis.call('ZADD', KEYS[4], 0, 'w') end
+-- A full batch may have left work behind: wake another idle worker to look.
+if #ids == tonumber(ARGV[1]) then redis.call('ZADD', KEYS[4], 0, 'w') end
 return {ARGV[4], ids, records}
 """
 )
 
 # Stores the outcome of a claimed attempt, if the claim is still this caller's.
-# KEYS: job, running, progress, waiting, delayed, completed, failed, wake.
+# KEYS: job, running, progress, waiting, delayed, completed (list, newest first), failed (zset),
+#       wake.
 # ARGV: id, claim, outcome (completed|failed|delayed|waiting), record, delay ms or finish ms,
 #       keep count (-1: no limit), trim slack, job prefix.
 # Returns 1 when stored (or already stored by this very call, resent after a lost reply),
@@ -60,6 +62,7 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('SET', KEYS[1], ARGV[4])
 local outcome = ARGV[3]
+local keep = tonumber(ARGV[6])
 if outcome == 'waiting' then
   redis.call('LPUSH', KEYS[4], ARGV[1])
   redis.call('ZADD', KEYS[8], 0, 'w')
@@ -67,21 +70,27 @@ elseif outcome == 'delayed' then
   local t = redis.call('TIME')
   local due = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[5])
   redis.call('ZADD', KEYS[5], due, ARGV[1])
+elseif outcome == 'completed' then
+  local size = redis.call('LPUSH', KEYS[6], ARGV[1])
+  if keep >= 0 and size > keep then
+    local drop = math.min(size, size - keep + tonumber(ARGV[7]))
+    local ids = redis.call('LRANGE', KEYS[6], -drop, -1)
+    local keys = {}
+    for i, id in ipairs(ids) do keys[i] = ARGV[8] .. id end
+    redis.call('DEL', unpack(keys))
+    redis.call('LTRIM', KEYS[6], 0, size - drop - 1)
+  end
 else
-  local index = KEYS[6]
-  if outcome == 'failed' then index = KEYS[7] end
-  redis.call('ZADD', index, ARGV[5], ARGV[1])
-  local keep = tonumber(ARGV[6])
+  redis.call('ZADD', KEYS[7], ARGV[5], ARGV[1])
   if keep >= 0 then
-    local size = redis.call('ZCARD', index)
+    local size = redis.call('ZCARD', KEYS[7])
     if size > keep then
-      local drop = size - keep + tonumber(ARGV[7])
-      if drop > size then drop = size end
-      local ids = redis.call('ZRANGE', index, 0, drop - 1)
+      local drop = math.min(size, size - keep + tonumber(ARGV[7]))
+      local ids = redis.call('ZRANGE', KEYS[7], 0, drop - 1)
       local keys = {}
       for i, id in ipairs(ids) do keys[i] = ARGV[8] .. id end
       redis.call('DEL', unpack(keys))
-      redis.call('ZREMRANGEBYRANK', index, 0, drop - 1)
+      redis.call('ZREMRANGEBYRANK', KEYS[7], 0, drop - 1)
     end
   end
 end
@@ -199,27 +208,54 @@ return back
 """
 )
 
+# Completed jobs that finished at or before a cutoff leave, oldest first. The completed list
+# is in completion order, so the walk from its old end stops at the first younger job.
+# Defined once, used by STATS (retention by age) and REMOVE_COMPLETED_BEFORE (clean).
+_COMPLETED_BEFORE = """
+local function completed_before(list, prefix, cutoff, limit)
+  local removed = 0
+  while removed < limit do
+    local id = redis.call('LINDEX', list, -1)
+    if not id then break end
+    local record = redis.call('GET', prefix .. id)
+    local finished = record and tonumber(string.match(record, '"completed":(%d+)'))
+    if record and finished and finished > cutoff then break end
+    redis.call('RPOP', list)
+    if record then redis.call('DEL', prefix .. id) end
+    removed = removed + 1
+  end
+  return removed
+end
+"""
+
 # Retention by age, then the counts. KEYS: completed, failed, waiting, running, delayed.
 # ARGV: job prefix, completed cutoff ms, failed cutoff ms.
 STATS = Script(
-    """
-for i = 1, 2 do
-  local ids = redis.call('ZRANGEBYSCORE', KEYS[i], '-inf', ARGV[i + 1], 'LIMIT', 0, 1000)
-  if #ids > 0 then
-    local keys = {}
-    for j, id in ipairs(ids) do keys[j] = ARGV[1] .. id end
-    redis.call('DEL', unpack(keys))
-    redis.call('ZREM', KEYS[i], unpack(ids))
-  end
+    _COMPLETED_BEFORE
+    + """
+completed_before(KEYS[1], ARGV[1], tonumber(ARGV[2]), 1000)
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 1000)
+if #ids > 0 then
+  local keys = {}
+  for j, id in ipairs(ids) do keys[j] = ARGV[1] .. id end
+  redis.call('DEL', unpack(keys))
+  redis.call('ZREM', KEYS[2], unpack(ids))
 end
 return {redis.call('LLEN', KEYS[3]), redis.call('HLEN', KEYS[4]), redis.call('ZCARD', KEYS[5]),
-        redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])}
+        redis.call('LLEN', KEYS[1]), redis.call('ZCARD', KEYS[2])}
 """
 )
 
-# Removes finished jobs that entered their state before a cutoff (clean, retention by age).
-# KEYS: the index (completed or failed). ARGV: job prefix, cutoff ms, limit.
-REMOVE_FINISHED_BEFORE = Script(
+# KEYS: completed list. ARGV: job prefix, cutoff ms, limit. Returns how many left.
+REMOVE_COMPLETED_BEFORE = Script(
+    _COMPLETED_BEFORE
+    + """
+return completed_before(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]))
+"""
+)
+
+# KEYS: failed zset. ARGV: job prefix, cutoff ms, limit. Returns how many left.
+REMOVE_FAILED_BEFORE = Script(
     """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 if #ids == 0 then return 0 end
@@ -239,7 +275,7 @@ if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return -1 end
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('LREM', KEYS[3], 0, ARGV[1])
 redis.call('ZREM', KEYS[4], ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
+redis.call('LREM', KEYS[5], 0, ARGV[1])
 redis.call('ZREM', KEYS[6], ARGV[1])
 redis.call('HDEL', KEYS[7], ARGV[1])
 redis.call('DEL', KEYS[1])
@@ -315,7 +351,8 @@ ALL = [
     FIND_STALLED,
     RECONCILE,
     STATS,
-    REMOVE_FINISHED_BEFORE,
+    REMOVE_COMPLETED_BEFORE,
+    REMOVE_FAILED_BEFORE,
     REMOVE,
     REMOVE_IF_IN,
     PROMOTE,

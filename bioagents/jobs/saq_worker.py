@@ -40,6 +40,7 @@ from .saq_scripts import HEARTBEAT
 
 log = logging.getLogger(__name__)
 
+CLAIM_LINGER = 0.001  # seconds a busy runner waits before claiming, to claim several at once
 IDLE_WAIT = 2.0  # seconds one BZPOPMIN waits before the runner looks again by itself
 MAX_STALLS = 2  # the second stall fails the job
 PUT_BACK_TIMEOUT = 5.0  # seconds a stopping worker spends putting cancelled jobs back
@@ -232,6 +233,10 @@ class QueueRunner:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            if self.active and free < self.spec.concurrency:
+                # Busy: let a few more slots free up so one claim takes several jobs.
+                await asyncio.sleep(CLAIM_LINGER)
+                free = self.spec.concurrency - len(self.active)
             try:
                 async with self._claiming:
                     if self._needs_reconcile:

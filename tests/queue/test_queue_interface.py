@@ -192,3 +192,25 @@ async def test_redis_errors_become_queue_unavailable(open_services, redis_server
     redis_server.start()
     assert (await services.jobs.health())["redis"] == "connected"
     await services.jobs.enqueue("chat", "job-1", {"question": "?"})
+
+
+async def test_saqs_own_api_works_on_this_layout(open_services):
+    """SAQ's seams (enqueue, dequeue, finish, count, job) are implemented on our indexes."""
+    from saq.job import Job, Status
+
+    services = await open_services()
+    queue = services.jobs.queue("chat")
+    job = await queue.enqueue(Job(function="chat", key="saq-job-1", kwargs={"question": "?"}))
+    assert job is not None
+    assert await queue.count("queued") == 1
+
+    taken = await queue.dequeue()
+    assert taken.key == "saq-job-1" and taken.status == Status.ACTIVE
+    assert await queue.count("active") == 1
+    assert (await services.jobs.get("chat", "saq-job-1")).state is JobState.ACTIVE
+
+    await taken.finish(Status.COMPLETE, result={"text": "done"})
+    stored = await queue.job("saq-job-1")
+    assert (stored.status, stored.result, stored.timeout) == (Status.COMPLETE, {"text": "done"}, 0)
+    info = await services.jobs.get("chat", "saq-job-1")
+    assert (info.state, info.result) == (JobState.COMPLETED, {"text": "done"})
