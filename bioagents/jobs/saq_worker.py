@@ -335,6 +335,10 @@ class QueueRunner:
                 await worker.call_hook(handler.on_completed(attempt, result))
             else:
                 log.warning("job %s completed after another run took it over", job_id)
+        except TROUBLE as error:
+            # Only when the worker stops while Redis is away: the claim stays, the worker's
+            # heartbeat ends, and another worker recovers the job as stalled.
+            log.warning("job %s: outcome not stored (%s)", job_id, describe(error))
         finally:
             self._ended(job_id)
 
