@@ -216,8 +216,9 @@ class BioRedisQueue(RedisQueue):
         record: dict,
         delay: float = 0.0,
     ):
-        """Store the end of a claimed attempt; resolves to True when stored, False when the
-        claim was lost (another run owns the job now). Resent until Redis takes it."""
+        """Store the end of a claimed attempt. Returns a future that resolves to 1 when it is
+        stored, 0 when the claim was lost (another run owns the job now); the command is resent
+        until Redis takes it."""
         k = self.keys
         record["status"] = SAQ_STATUS[outcome]
         if outcome is JobState.COMPLETED:
