@@ -70,12 +70,12 @@ async def our_worker(queues: list[str]) -> None:
     the database statements it sent."""
     from bioagents.agents.llm import build_llm
     from bioagents.config import Settings
-    from bioagents.db_batching import BatchingDatabase
+    from bioagents.db import Database
     from bioagents.jobs.spec import queue_specs
     from bioagents.queue_mode import QueueServices
 
     settings = Settings.from_env()
-    db = BatchingDatabase(settings.database_url)
+    db = Database(settings.database_url)
     db.migrate()
     llm = build_llm(settings)
     await llm.start()

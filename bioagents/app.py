@@ -31,6 +31,7 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> web.Ap
     app[SETTINGS] = settings
     app[RUN_WORKERS] = settings.workers_in_api if run_workers is None else run_workers
     app.cleanup_ctx.append(_services)
+    app.on_shutdown.append(_drain_jobs)  # listening has stopped; sockets stay open meanwhile
     app.on_shutdown.append(_close_sockets)
     api.setup_routes(app)
     app.router.add_get("/api/ws", _websocket)
@@ -65,10 +66,16 @@ async def _services(app: web.Application):
         settings.database_url.split("@")[-1],
     )
     yield
-    await backend.drain(settings.shutdown_grace_seconds)
     await backend.close()
     await llm.close()
     db.close()
+
+
+async def _drain_jobs(app: web.Application) -> None:
+    """Graceful stop (SPEC §6): take no more jobs, give active ones the grace period; their
+    notifications still reach the sockets, which close after."""
+    if BACKEND in app:
+        await app[BACKEND].drain(app[SETTINGS].shutdown_grace_seconds)
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -126,7 +126,13 @@ def migrate(database: pw.Database) -> None:
 
 
 class Database:
-    """The async gateway: `await db.run(fn, *args)` runs `fn` in the database thread(s)."""
+    """The async gateway: `await db.run(fn, *args)` runs `fn` in the database thread(s).
+
+    With SQLite, every call made during one event-loop turn goes to the database thread in one
+    hand-off and runs there one after the other, each still its own transaction with its own
+    result or error: a hand-off costs ~100 µs of wake-ups, four times what SQLite spends on a
+    small write. PostgreSQL's calls run side by side on a few threads.
+    """
 
     def __init__(self, url: str):
         self.url = url
@@ -136,12 +142,35 @@ class Database:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
         self.statements = 0
         self._count_statements()
+        self._batching = isinstance(self.peewee, pw.SqliteDatabase)
+        self._queued: list[tuple] = []
 
     async def run(self, fn, *args, **kwargs):
         if kwargs:
             fn = functools.partial(fn, **kwargs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._call, fn, args)
+        if not self._batching:
+            return await loop.run_in_executor(self._executor, self._call, fn, args)
+        future = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._hand_over)
+        self._queued.append((fn, args, future))
+        return await future
+
+    def _hand_over(self) -> None:
+        batch, self._queued = self._queued, []
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._executor, self._run_batch, batch)
+        done.add_done_callback(functools.partial(_settle, batch))
+
+    def _run_batch(self, batch: list[tuple]) -> list[tuple[bool, object]]:
+        outcomes = []
+        for fn, args, _ in batch:
+            try:
+                outcomes.append((True, self._call(fn, args)))
+            except Exception as error:
+                outcomes.append((False, error))
+        return outcomes
 
     def _call(self, fn, args):
         # Each database thread keeps its own connection open; a broken one is reopened once.
@@ -181,3 +210,19 @@ class Database:
         self._executor.shutdown(wait=True)
         if not self.peewee.is_closed():
             self.peewee.close()
+
+
+def _settle(batch: list[tuple], done: asyncio.Future) -> None:
+    """Hand each caller of a batch its own result or error."""
+    if done.cancelled() or done.exception() is not None:
+        error = asyncio.CancelledError() if done.cancelled() else done.exception()
+        outcomes = [(False, error)] * len(batch)
+    else:
+        outcomes = done.result()
+    for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+        if future.done():  # its caller stopped waiting (a cancelled job)
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)

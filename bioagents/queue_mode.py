@@ -15,7 +15,6 @@ from .agents.llm import LLM, build_llm
 from .backends import Backend
 from .config import Settings
 from .db import Database
-from .db_batching import BatchingDatabase
 from .jobs.handler import AgentJobHandler
 from .jobs.saq_queue import SaqJobQueue
 from .jobs.saq_worker import Worker
@@ -98,7 +97,7 @@ async def open_queue_backend(
 async def run_worker_process(settings: Settings, queues: list[str]) -> int:
     """The `worker` command: run workers for `queues` until SIGTERM or SIGINT, then stop
     gracefully (SPEC §6). Returns the exit code."""
-    db = BatchingDatabase(settings.database_url)
+    db = Database(settings.database_url)
     await db.run(db.migrate)
     llm = build_llm(settings)
     await llm.start()

@@ -1,4 +1,4 @@
-"""The batching database gateway of worker processes: calls made in one event-loop turn share
+"""The database gateway batches SQLite work: calls made in one event-loop turn share
 one hand-off to the database thread, yet each keeps its own result, error and transaction."""
 
 from __future__ import annotations
@@ -8,15 +8,12 @@ import asyncio
 import pytest
 
 from bioagents import store
-from bioagents.db import Message
-from bioagents.db_batching import BatchingDatabase
-
-pytestmark = pytest.mark.queue
+from bioagents.db import Database, Message
 
 
 @pytest.fixture
 def db(tmp_path):
-    database = BatchingDatabase(f"sqlite:///{tmp_path}/batch.db")
+    database = Database(f"sqlite:///{tmp_path}/batch.db")
     database.migrate()
     yield database
     database.close()
