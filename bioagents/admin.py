@@ -1,6 +1,6 @@
 """The admin board at /admin/queues and its JSON API (SPEC §7).
 
-Handlers translate HTTP to calls of the job-queue interface (and `board_actions` for the
+Handlers translate HTTP to calls of the job-queue interface (and `job_actions` for the
 buttons that must also touch the message rows) and back: pages and the fragments htmx polls
 are rendered by `board_templates`; who may call them is `board_auth`'s business.
 """
@@ -17,7 +17,7 @@ from urllib.parse import quote, urlencode
 import orjson
 from aiohttp import web
 
-from . import board_actions, board_auth, board_templates
+from . import board_auth, board_templates, job_actions
 from .board_templates import fragment_response, live, page_response
 from .errors import ApiError
 from .jobs.base import (
@@ -31,7 +31,7 @@ from .jobs.base import (
     QueueUnavailable,
     UnknownQueue,
 )
-from .keys import DB, JOBS
+from .keys import BACKEND, DB, JOBS
 
 BASE = "/admin/queues"
 API = f"{BASE}/api/queues"
@@ -364,7 +364,7 @@ async def resume(request: web.Request) -> web.Response:
 @_interface_errors
 async def retry_job(request: web.Request) -> web.Response:
     queue, job_id = _queue_name(request), request.match_info["jobId"]
-    retried = await board_actions.retry(request.app[JOBS], request.app[DB], queue, job_id)
+    retried = await job_actions.retry(request.app[JOBS], request.app[DB], queue, job_id)
     body = {
         "queue": queue,
         "jobId": job_id,
@@ -377,7 +377,7 @@ async def retry_job(request: web.Request) -> web.Response:
 @_interface_errors
 async def retry_failed(request: web.Request) -> web.Response:
     queue = _queue_name(request)
-    count = await board_actions.retry_failed(request.app[JOBS], request.app[DB], queue)
+    count = await job_actions.retry_failed(request.app[JOBS], request.app[DB], queue)
     noun = "job" if count == 1 else "jobs"
     return _done(request, {"queue": queue, "retried": count}, f"Retried {count} failed {noun}")
 
@@ -396,7 +396,8 @@ async def _form_value(request: web.Request, name: str) -> str | None:
 @_interface_errors
 async def remove_job(request: web.Request) -> web.Response:
     queue, job_id = _queue_name(request), request.match_info["jobId"]
-    job = await board_actions.remove(request.app[JOBS], request.app[DB], queue, job_id)
+    app = request.app
+    job = await job_actions.remove(app[JOBS], app[DB], app[BACKEND].notifier, queue, job_id)
     # The job page's Remove button asks to land on the list the job was in.
     then = await _form_value(request, "then")
     redirect = queue_url(queue, job.state.value) if then == "list" else None
@@ -424,7 +425,8 @@ async def clean_state(request: web.Request) -> web.Response:
     if not (0 <= older_than < math.inf):
         raise ApiError(400, f"olderThan must be a number of seconds >= 0, got {raw[:40]!r}")
     jobs, db = request.app[JOBS], request.app[DB]
-    removed = await board_actions.clean(jobs, db, queue, state, older_than)
+    notifier = request.app[BACKEND].notifier
+    removed = await job_actions.clean(jobs, db, notifier, queue, state, older_than)
     body = {"queue": queue, "state": state.value, "olderThan": older_than, "removed": removed}
     noun = "job" if removed == 1 else "jobs"
     return _done(request, body, f"Cleaned {removed} {state.value} {noun}")

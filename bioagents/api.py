@@ -9,7 +9,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from . import auth, store
+from . import auth, job_actions, store
 from .db import Message
 from .errors import ApiError
 from .jobs.base import InvalidJobState, JobNotFound, JobState, QueueUnavailable
@@ -376,13 +376,7 @@ async def _retry(request: web.Request, queue: str) -> web.Response:
             await db.run(store.reopen_message, message.id)
             await jobs.enqueue(queue, message.id, job_data(message, time.time()))
         else:
-            if job.state is not JobState.FAILED:
-                raise ApiError(
-                    400, f"only failed jobs can be retried; this one is {job.state.value}"
-                )
-            previous = job.attempts_made
-            await db.run(store.reopen_message, message.id)
-            await jobs.retry(queue, message.id)
+            previous = (await job_actions.retry(jobs, db, queue, message.id)).previous_attempts
     except InvalidJobState as error:
         raise ApiError(400, str(error)) from None
     except JobNotFound:

@@ -16,7 +16,7 @@ from tests.admin_support import (
     job_of,
     llm_env,
 )
-from tests.conftest import post_chat
+from tests.conftest import events_until, open_socket, post_chat, subscribe
 
 API = "/admin/queues/api/queues"
 
@@ -141,6 +141,20 @@ async def test_remove_deletes_a_waiting_job_and_fails_its_message_with_the_reaso
 
     again = await board_post(client, f"{API}/chat/{body['jobId']}/remove")
     assert again.status == 404
+
+
+async def test_removing_a_waiting_job_tells_its_subscribers_it_failed(client):
+    await board_post(client, f"{API}/chat/pause")
+    _, body = await post_chat(client)
+    ws = await open_socket(client)
+    await subscribe(ws, body["conversationId"])
+    response = await board_post(client, f"{API}/chat/{body['jobId']}/remove")
+    assert response.status == 200
+    events = await events_until(ws, timeout=5)
+    assert [event["type"] for event in events] == ["message:updated", "job:failed"]
+    assert events[-1]["error"] == "removed from the chat queue by an admin"
+    assert events[-1]["jobId"] == body["jobId"] and events[-1]["queue"] == "chat"
+    await ws.close()
 
 
 async def test_remove_keeps_a_finished_jobs_message(client):

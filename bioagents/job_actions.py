@@ -1,8 +1,9 @@
-"""What the board's buttons do, over the job-queue interface and the message rows.
+"""Actions on jobs that must keep the message rows in step: used by the retry routes of the
+API and by the board's buttons.
 
-A job's message row must agree with the job: a manual retry reopens the FAILED message (as
-`POST /api/chat/retry` does), and a job removed before it finished fails its PENDING message
-with a reason, so no accepted request is left PENDING forever (SPEC §6 "nothing lost")."""
+A manual retry reopens the FAILED message, and a job removed before it finished fails its
+PENDING message with a reason and announces it, so no accepted request is left PENDING forever
+(SPEC §6 "nothing lost")."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import dataclasses
 from . import store
 from .db import Database
 from .jobs.base import InvalidJobState, JobInfo, JobNotFound, JobQueue, JobState
+from .notify import Notifier
 
 UNFINISHED = (JobState.WAITING, JobState.DELAYED)
 CLEANABLE = (JobState.COMPLETED, JobState.FAILED, JobState.WAITING, JobState.DELAYED)
@@ -58,7 +60,9 @@ async def retry_failed(jobs: JobQueue, db: Database, queue: str) -> int:
     return retried
 
 
-async def remove(jobs: JobQueue, db: Database, queue: str, job_id: str) -> JobInfo:
+async def remove(
+    jobs: JobQueue, db: Database, notifier: Notifier, queue: str, job_id: str
+) -> JobInfo:
     """Delete a job that is not active. Raises JobNotFound or InvalidJobState."""
     job = await jobs.get(queue, job_id)
     if job is None:
@@ -66,28 +70,58 @@ async def remove(jobs: JobQueue, db: Database, queue: str, job_id: str) -> JobIn
     state = job.state
     await jobs.remove(queue, job_id)
     if state in UNFINISHED:
-        await db.run(store.fail_message, job_id, f"removed from the {queue} queue by an admin")
+        await _give_up(db, notifier, job, f"removed from the {queue} queue by an admin")
     return job
 
 
 async def clean(
-    jobs: JobQueue, db: Database, queue: str, state: JobState, older_than: float
+    jobs: JobQueue,
+    db: Database,
+    notifier: Notifier,
+    queue: str,
+    state: JobState,
+    older_than: float,
 ) -> int:
     """Remove the jobs in `state` older than `older_than` seconds; returns how many."""
     if state not in CLEANABLE:
         raise InvalidJobState(f"{state.value} jobs cannot be cleaned")
-    before = await _ids_in_state(jobs, queue, state) if state in UNFINISHED else []
+    before = await _jobs_in_state(jobs, queue, state) if state in UNFINISHED else []
     removed = await jobs.clean(queue, state, older_than)
-    for job_id in before:
-        if await jobs.get(queue, job_id) is None:
-            await db.run(store.fail_message, job_id, f"cleaned from the {queue} queue by an admin")
+    for job in before:
+        if await jobs.get(queue, job.id) is None:
+            await _give_up(db, notifier, job, f"cleaned from the {queue} queue by an admin")
     return removed
 
 
-async def _ids_in_state(jobs: JobQueue, queue: str, state: JobState) -> list[str]:
-    ids: list[str] = []
+async def _give_up(db: Database, notifier: Notifier, job: JobInfo, reason: str) -> None:
+    """Fail the unfinished job's message and tell its subscribers, as a last failed attempt
+    would: message:updated, then job:failed with the reason."""
+    if not await db.run(store.fail_message, job.id, reason):
+        return
+    conversation_id = job.data.get("conversationId")
+    if not conversation_id:
+        return
+    common = {"jobId": job.id, "conversationId": conversation_id}
+    tail = {"queue": job.queue, "attempt": job.attempts_made}
+    await notifier.publish(
+        conversation_id, {"type": "message:updated", **common, "messageId": job.id, **tail}
+    )
+    ids = {"messageId": job.id}
+    if job.data.get("stateId"):
+        ids["stateId"] = job.data["stateId"]
+    await notifier.publish(
+        conversation_id, {"type": "job:failed", **common, **ids, "error": reason, **tail}
+    )
+
+
+async def _jobs_in_state(jobs: JobQueue, queue: str, state: JobState) -> list[JobInfo]:
+    found: list[JobInfo] = []
     while True:
-        page = await jobs.list(queue, state, len(ids), LIST_BATCH)
-        ids.extend(job.id for job in page)
+        page = await jobs.list(queue, state, len(found), LIST_BATCH)
+        found.extend(page)
         if len(page) < LIST_BATCH:
-            return ids
+            return found
+
+
+async def _ids_in_state(jobs: JobQueue, queue: str, state: JobState) -> list[str]:
+    return [job.id for job in await _jobs_in_state(jobs, queue, state)]
