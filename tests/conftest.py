@@ -85,7 +85,7 @@ async def events_until(ws, last_types=("job:completed", "job:failed"), timeout=3
             return events
 
 
-async def wait_for(predicate, timeout=10.0, interval=0.02):
+async def wait_for(predicate, timeout=10.0, interval=0.02, what: str = ""):
     """Poll an async predicate until it is truthy; returns its value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -93,5 +93,5 @@ async def wait_for(predicate, timeout=10.0, interval=0.02):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
+            raise AssertionError(f"timed out waiting for {what or predicate}")
         await asyncio.sleep(interval)

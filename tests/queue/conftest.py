@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from bioagents.config import Settings
 from bioagents.jobs.spec import queue_specs
+from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -253,14 +254,7 @@ async def procs(queue_env, tmp_path, redis_server):
 
 async def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = ""):
     """Poll an async predicate until it is truthy; returns its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
-        await asyncio.sleep(interval)
+    return await wait_for(predicate, timeout, interval, what)
 
 
 @pytest.fixture
