@@ -327,7 +327,8 @@ async def conversation_messages(request: web.Request) -> web.Response:
     )
     if messages is None:
         raise ApiError(404, "conversation not found")
-    return json({"messages": [message_json(m, None) for m in messages]})
+    states = await db.run(store.states_of, [m.state_id for m in messages if m.state_id])
+    return json({"messages": [message_json(m, states.get(m.state_id)) for m in messages]})
 
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:

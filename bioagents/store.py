@@ -190,6 +190,14 @@ def state_values(state_id: str) -> dict:
     return dict(values or {})
 
 
+def states_of(state_ids: list[str]) -> dict[str, dict]:
+    """Many states' values in one query: state id → values."""
+    if not state_ids:
+        return {}
+    query = State.select(State.id, State.values).where(State.id.in_(state_ids))
+    return {state.id: dict(state.values or {}) for state in query}
+
+
 def save_state_value(state_id: str, key: str, value) -> None:
     """Merge one key into the state's values (read-modify-write in one transaction)."""
     with _write_transaction():

@@ -253,6 +253,28 @@ async def test_conversation_lists_messages_oldest_first_with_limit_and_before(cl
     assert [m["id"] for m in by_time["messages"]] == ids[:2]
 
 
+async def test_conversation_listing_carries_each_research_runs_state(client):
+    _, chat = await post_chat(client, "a chat first")
+    conversation = chat["conversationId"]
+    _, research = await post_chat(
+        client, "then research", path="/api/deep-research/start", conversationId=conversation
+    )
+    await message_when(client, research["messageId"], "COMPLETE")
+    status, body = await get_json(client, f"/api/conversations/{conversation}/messages")
+    assert status == 200
+    chat_row, research_row = body["messages"]
+    assert chat_row["state"] is None
+    assert list(research_row["state"]) == [
+        "planning",
+        "literature",
+        "analysis",
+        "hypothesis",
+        "reflection",
+        "reply",
+    ]
+    assert research_row["state"]["reply"] == research_row["content"]
+
+
 async def test_conversation_listing_rejects_bad_queries_and_unknown_conversations(client):
     _, first = await post_chat(client, "q1")
     path = f"/api/conversations/{first['conversationId']}/messages"

@@ -4,8 +4,14 @@ when the app starts, and a FAILED message whose job the queue no longer holds ca
 from __future__ import annotations
 
 from bioagents import store
+from bioagents.config import Settings
 from bioagents.db import Database
+from bioagents.jobs.base import JobState
+from bioagents.jobs.inprocess import InProcessJobQueue
+from bioagents.jobs.spec import CHAT, queue_specs
+from bioagents.recovery import requeue_pending
 from tests.api_support import message_when, research_status_when
+from tests.conftest import BASE_ENV, wait_for
 
 
 def write_rows(settings, *steps):
@@ -70,3 +76,43 @@ async def test_a_failed_research_run_no_longer_queued_is_retried_and_resumes(
     assert final["error"] is None
     assert final["state"]["planning"] == "stored plan"  # resumed, not redone
     assert final["state"]["literature"] == "- Stored Paper (1999)"
+
+
+class _DiesBeforeWritingTheFailure:
+    """A handler whose process 'dies' between the queue storing the final failure and the
+    message being written: it fails every attempt and never writes the message."""
+
+    async def run(self, attempt):
+        raise RuntimeError("the LLM is down")
+
+    async def on_completed(self, attempt, result):
+        raise AssertionError("never completes")
+
+    async def on_failed(self, attempt, error, final):
+        return None
+
+
+async def test_a_pending_message_whose_job_already_failed_is_failed_with_its_error(tmp_path):
+    db = Database(f"sqlite:///{tmp_path}/recovery.db")
+    db.migrate()
+    specs = {CHAT: queue_specs(Settings.from_env(BASE_ENV))[CHAT].with_(retries=0)}
+    jobs = InProcessJobQueue(specs, _DiesBeforeWritingTheFailure())
+    try:
+        accepted = await db.run(store.accept_message, "alice", None, "q", CHAT, dedupe=False)
+        message_id = accepted.message.id
+        await jobs.enqueue(CHAT, message_id, {"conversationId": "c", "messageId": message_id})
+
+        async def job_failed():
+            job = await jobs.get(CHAT, message_id)
+            return job.state is JobState.FAILED
+
+        await wait_for(job_failed, timeout=5)
+        assert (await db.run(store.message_by_id, message_id)).status == "PENDING"
+
+        assert await requeue_pending(db, jobs) == 0  # nothing to enqueue again
+        message = await db.run(store.message_by_id, message_id)
+        assert message.status == "FAILED"
+        assert message.error == "RuntimeError: the LLM is down"
+    finally:
+        await jobs.close()
+        db.close()
