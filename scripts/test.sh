@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh Debian machine and runs them:
-# Debian's redis-server and chromium (when missing), a virtualenv with the package and its
-# test extra, then ruff (format + lint) and pytest. Extra arguments go to pytest.
+# Debian's redis-server, chromium and postgresql (when missing), a virtualenv with the package
+# and its test extra, then ruff (format + lint) and pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   sudo_cmd=""
