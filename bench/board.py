@@ -226,7 +226,7 @@ async def queue_mode(requests: int) -> dict:
             "LOG_LEVEL": "WARNING",
         }
         counts, fill_seconds = await fill_redis(env)
-        with serve_process(env) as base:
+        with serve_process(env) as (base, _):
             results = await probe(base, requests)
     return {"counts": counts, "fill_seconds": fill_seconds, "results": results}
 

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -30,32 +31,50 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def serve_process(env: dict[str, str], *args: str, port: int | None = None):
-    """`python bioagents.py serve` on 127.0.0.1:port; yields the base URL; SIGTERM at the end."""
-    port = port or free_port()
-    full_env = {**os.environ, **env}
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bioagents.py"), "serve", "--port", str(port), *args],
-        env=full_env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/openapi.json", timeout=1).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(process.stderr.read().decode()[-2000:]) from None
-                time.sleep(0.1)
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
+def serve_process(env: dict[str, str], *args: str, log: Path | None = None):
+    """`python bioagents.py serve` on a free 127.0.0.1 port, its stderr in `log` (a temporary
+    file by default); yields (base URL, process); SIGTERM at the end."""
+    port = free_port()
+    with contextlib.ExitStack() as stack:
+        if log is None:
+            log = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "serve.log"
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "bioagents.py"), "serve", "--port", str(port), *args],
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=stack.enter_context(open(log, "wb")),
+        )
+        base = f"http://127.0.0.1:{port}"
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    urllib.request.urlopen(f"{base}/api/openapi.json", timeout=1).read()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(log.read_text()[-3000:]) from None
+                    time.sleep(0.1)
+            yield base, process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+async def subscribed_socket(http, base: str, user: str = "bench"):
+    """POST a first chat, open a WebSocket as `user` and subscribe to that chat's
+    conversation; returns (socket, conversation id)."""
+    async with http.post(f"{base}/api/chat", json={"message": "warm up"}) as response:
+        conversation = (await response.json())["conversationId"]
+    ws = await http.ws_connect(f"{base.replace('http', 'ws')}/api/ws")
+    await ws.receive_json()
+    await ws.send_json({"action": "auth", "userId": user})
+    await ws.receive_json()
+    await ws.send_json({"action": "subscribe", "conversationId": conversation})
+    while (await ws.receive_json())["type"] != "subscribed":
+        pass
+    return ws, conversation

@@ -23,7 +23,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import percentile, serve_process
+from bench.common import percentile, serve_process, subscribed_socket
 
 
 async def run(base: str, n: int, inflight: int) -> dict:
@@ -37,15 +37,7 @@ async def run(base: str, n: int, inflight: int) -> dict:
                 await response.read()
             baseline.append((time.perf_counter() - started) * 1000)
 
-        async with http.post(f"{base}/api/chat", json={"message": "warm up"}) as response:
-            conversation = (await response.json())["conversationId"]
-        ws = await http.ws_connect(f"{base.replace('http', 'ws')}/api/ws")
-        await ws.receive_json()
-        await ws.send_json({"action": "auth", "userId": "bench"})
-        await ws.receive_json()
-        await ws.send_json({"action": "subscribe", "conversationId": conversation})
-        while (await ws.receive_json())["type"] != "subscribed":
-            pass
+        ws, conversation = await subscribed_socket(http, base)
 
         sent: dict[str, float] = {}
         done: dict[str, float] = {}
@@ -114,7 +106,7 @@ def main() -> None:
             "CHAT_QUEUE_CONCURRENCY": "64",
             "LOG_LEVEL": "WARNING",
         }
-        with serve_process(env) as base:
+        with serve_process(env) as (base, _):
             figures = asyncio.run(run(base, args.n, args.inflight))
     print(f"in-process mode, offline provider (zero delay), {figures['n']} chats")
     print(f"  baseline: GET /api/openapi.json round trip p50 {figures['baseline_p50']:.2f} ms")

@@ -33,11 +33,15 @@ import signal  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import urllib.request  # noqa: E402
 
 import aiohttp  # noqa: E402
 
-from bench.common import free_port, percentile  # noqa: E402
+from bench.common import (  # noqa: E402
+    free_port,
+    percentile,
+    serve_process,
+    subscribed_socket,
+)
 
 CONCURRENCY = 10
 POLL = 0.005  # seconds between two looks at the queue while it drains
@@ -374,46 +378,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@contextlib.contextmanager
-def serve(env: dict[str, str], folder: Path):
-    """`bioagents.py serve` on a free port; yields (base URL, pid)."""
-    port = free_port()
-    process = spawn(
-        [str(ROOT / "bioagents.py"), "serve", "--port", str(port)], env, folder / "serve.log"
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{base}/api/openapi.json", timeout=1).read()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError((folder / "serve.log").read_text()[-3000:]) from None
-                time.sleep(0.1)
-        yield base, process.pid
-    finally:
-        stop(process)
-
-
 async def bench_http(url: str, folder: Path, latency_n: int, http_n: int, inflight: int) -> dict:
     env = queue_env(url, folder / "http")
     (folder / "http").mkdir()
-    with serve(env, folder) as (base, serve_pid):
+    with serve_process(env, log=folder / "serve.log") as (base, server):
+        serve_pid = server.pid
         worker = spawn(
             [str(ROOT / "bioagents.py"), "worker", "--queue", "chat"], env, folder / "w.log"
         )
         async with aiohttp.ClientSession(headers={"X-User-Id": "bench"}) as http:
-            async with http.post(f"{base}/api/chat", json={"message": "warm up"}) as response:
-                conversation = (await response.json())["conversationId"]
-            ws = await http.ws_connect(f"{base.replace('http', 'ws')}/api/ws")
-            await ws.receive_json()
-            await ws.send_json({"action": "auth", "userId": "bench"})
-            await ws.receive_json()
-            await ws.send_json({"action": "subscribe", "conversationId": conversation})
-            while (await ws.receive_json())["type"] != "subscribed":
-                pass
+            ws, conversation = await subscribed_socket(http, base)
             body = {"message": "What does p53 do?", "conversationId": conversation}
 
             async def one() -> float:
