@@ -23,6 +23,8 @@ AUTH_TIMEOUT = 10.0
 HEARTBEAT_SECONDS = 30.0
 CLOSE_UNAUTHENTICATED = 4001
 MAX_SUBSCRIPTIONS = 200
+MAX_OUTBOX = 10_000  # frames queued for one socket before it counts as too slow and is closed
+CLOSE_TOO_SLOW = 1008
 
 
 def _frame(kind: str, **fields) -> str:
@@ -36,8 +38,20 @@ class Client:
         self.conversations: set[str] = set()
         self.outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self.writer: asyncio.Task | None = None
+        self.too_slow = False
 
     def send(self, text: str) -> None:
+        if self.too_slow:
+            return
+        if self.outbox.qsize() >= MAX_OUTBOX:
+            # A client that reads slower than its conversations publish would hold an
+            # unbounded backlog: close it (it reconnects and fetches what it missed).
+            self.too_slow = True
+            log.warning("closing a WebSocket that fell %d frames behind", MAX_OUTBOX)
+            asyncio.get_running_loop().create_task(
+                self.ws.close(code=CLOSE_TOO_SLOW, message=b"too slow: notifications dropped")
+            )
+            return
         self.outbox.put_nowait(text)
 
     async def write_outbox(self) -> None:

@@ -231,3 +231,26 @@ async def test_a_socket_that_stops_answering_pings_is_dropped(make_client, monke
 
     await wait_for(dropped, timeout=5)
     await ws.close()
+
+
+async def test_a_socket_too_far_behind_is_closed_and_the_hub_lives_on(client, monkeypatch):
+    monkeypatch.setattr(hub, "MAX_OUTBOX", 5)
+    _, body = await post_chat(client)
+    conversation = body["conversationId"]
+    slow = await open_socket(client)
+    await subscribe(slow, conversation)
+    await chat_status_when(client, body["jobId"], "completed")
+
+    # Ten events published in one go, before the socket's writer can send any of them.
+    for number in range(10):
+        client.app[HUB].deliver(conversation, f'{{"type":"test","n":{number}}}')
+
+    frames = []
+    while (msg := await slow.receive(timeout=5)).type == WSMsgType.TEXT:
+        frames.append(msg.json())
+    assert msg.type == WSMsgType.CLOSE and msg.data == hub.CLOSE_TOO_SLOW
+    assert [frame["n"] for frame in frames] == [0, 1, 2, 3, 4]  # in order, then cut off
+
+    fresh = await open_socket(client)
+    await fresh.send_json({"action": "ping"})
+    assert await fresh.receive_json(timeout=5) == {"type": "pong"}
