@@ -237,9 +237,9 @@ async def test_a_socket_too_far_behind_is_closed_and_the_hub_lives_on(client, mo
     monkeypatch.setattr(hub, "MAX_OUTBOX", 5)
     _, body = await post_chat(client)
     conversation = body["conversationId"]
+    await chat_status_when(client, body["jobId"], "completed")  # its events are over
     slow = await open_socket(client)
     await subscribe(slow, conversation)
-    await chat_status_when(client, body["jobId"], "completed")
 
     # Ten events published in one go, before the socket's writer can send any of them.
     for number in range(10):
