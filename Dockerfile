@@ -1,5 +1,5 @@
 # bioagents: one image for every process (serve, worker, migrate). See docs/queue-mode.md.
-FROM python:3.12-slim
+FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
