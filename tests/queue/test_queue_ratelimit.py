@@ -37,11 +37,14 @@ async def test_decisions_match_the_in_process_limiter(open_services):
     for _ in range(4):
         from_redis = await redis_limiter.hit("chat:carol", 3, 60.0)
         from_memory = await memory.hit("chat:carol", 3, 60.0)
-        assert (from_redis.allowed, from_redis.remaining, from_redis.reset_seconds) == (
+        assert (from_redis.allowed, from_redis.remaining) == (
             from_memory.allowed,
             from_memory.remaining,
-            from_memory.reset_seconds,
         )
+        # Two clocks (Redis's and this process's) read at slightly different moments: the
+        # whole seconds left may straddle a boundary, never more.
+        assert abs(from_redis.reset_seconds - from_memory.reset_seconds) <= 1
+        assert 1 <= from_redis.reset_seconds <= 60
 
 
 async def test_a_hit_raises_queue_unavailable_while_redis_is_down(open_services, redis_server):
