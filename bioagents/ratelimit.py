@@ -50,16 +50,34 @@ def decide(stamps: list[float] | collections.deque, limit: int, window: float, n
 
 
 class MemoryRateLimiter(RateLimiter):
+    SWEEP_EVERY = 10_000  # hits between sweeps of users whose windows have emptied
+
     def __init__(self, clock=time.monotonic):
         self._clock = clock
         self._stamps: dict[str, collections.deque[float]] = {}
+        self._windows: dict[str, float] = {}
+        self._hits = 0
 
     async def hit(self, key: str, limit: int, window: float) -> RateDecision:
         now = self._clock()
+        self._hits += 1
+        if self._hits % self.SWEEP_EVERY == 0:
+            self._sweep(now)
         stamps = self._stamps.setdefault(key, collections.deque())
+        self._windows[key] = window
         while stamps and stamps[0] <= now - window:
             stamps.popleft()
         allowed, remaining, reset = decide(stamps, limit, window, now)
         if allowed:
             stamps.append(now)
         return RateDecision(allowed, limit, remaining, reset)
+
+    def _sweep(self, now: float) -> None:
+        """Forget users with nothing left in their window, so memory follows active users."""
+        for key in [k for k, s in self._stamps.items() if not s or s[-1] <= now - self._windows[k]]:
+            del self._stamps[key]
+            del self._windows[key]
+
+    @property
+    def tracked_keys(self) -> int:
+        return len(self._stamps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bioagents.ratelimit import MemoryRateLimiter
 from tests.api_support import app_settings, get_json, message_rows
 from tests.conftest import post_chat
 
@@ -65,3 +66,17 @@ async def test_zero_turns_the_limit_off(make_client):
         response, _ = await post_chat(client, f"question {number}")
         assert response.status == 202
         assert "X-RateLimit-Limit" not in response.headers
+
+
+async def test_the_in_process_limiter_forgets_users_whose_window_has_emptied():
+    now = [0.0]
+    limiter = MemoryRateLimiter(clock=lambda: now[0])
+    limiter.SWEEP_EVERY = 5
+    for user in range(4):
+        assert (await limiter.hit(f"chat:user{user}", 3, 60.0)).allowed
+    assert limiter.tracked_keys == 4
+    now[0] = 61.0  # every window has emptied
+    await limiter.hit("chat:late", 3, 60.0)  # the fifth hit sweeps
+    assert limiter.tracked_keys == 1
+    decision = await limiter.hit("chat:late", 3, 60.0)
+    assert decision.allowed and decision.remaining == 1
