@@ -27,6 +27,7 @@ class JobState(str, enum.Enum):
 
 STATES = tuple(JobState)
 STALLED_TWICE = "job stalled more than allowable limit"
+MAX_STALLS = 2  # the second stall fails the job (SPEC §6)
 
 
 class JobError(Exception):
@@ -238,3 +239,17 @@ class JobQueue(abc.ABC):
 
 def now() -> float:
     return time.time()
+
+
+def describe_failure(error: BaseException) -> str:
+    """The one-line error of a failed attempt, as users see it."""
+    return f"{error.__class__.__name__}: {error}" if str(error) else repr(error)
+
+
+def describe_traceback(trace: str, timeout: float = 0) -> str:
+    """The one-line error of a formatted traceback (its last line); a timeout names its limit."""
+    lines = [line for line in trace.strip().splitlines() if line.strip()]
+    last = lines[-1].strip() if lines else ""
+    if timeout and last.split(":")[0] in ("TimeoutError", "asyncio.exceptions.TimeoutError"):
+        return f"job timed out after {timeout:g} s"
+    return last or "failed"

@@ -27,8 +27,8 @@ except ImportError:  # pragma: no cover - redis[hiredis] is a dependency
     pack_command = None
 from redis.exceptions import NoScriptError, ResponseError
 
-from .jobs.base import QueueUnavailable
-from .redis_client import REPLY_TIMEOUT, UNAVAILABLE, Backoff, describe
+from ..jobs.base import QueueUnavailable
+from .connect import REPLY_TIMEOUT, UNAVAILABLE, Backoff, describe
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,12 @@ class _Entry:
 
 
 class AutoPipeline:
-    def __init__(self, redis: aioredis.Redis, *, name: str = "pipeline"):
+    def __init__(self, redis: aioredis.Redis, *, name: str = "pipeline", close_client: bool = True):
+        """Sends on one connection taken from `redis`'s pool; `close_client` also closes
+        `redis` itself on close (False when the client is shared)."""
         self._pool = redis.connection_pool
         self._redis = redis
+        self._close_client = close_client
         self._name = name
         self._pending: list[_Entry] = []
         self._latest: dict[tuple, _Entry] = {}  # coalesced HSETs not yet sent
@@ -253,4 +256,5 @@ class AutoPipeline:
                 await self._task
             self._task = None
         await self._drop_connection()
-        await self._redis.aclose()
+        if self._close_client:
+            await self._redis.aclose()

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import uuid
 
-from .ratelimit import RateDecision, RateLimiter, decide
-from .redis_client import unavailable_as_queue_error
-from .redis_pipeline import AutoPipeline, Script
+from ..ratelimit import RateDecision, RateLimiter, decide
+from .connect import unavailable_as_queue_error
+from .pipeline import AutoPipeline, Script
 
 KEY_PREFIX = "bioagents:ratelimit:"
 

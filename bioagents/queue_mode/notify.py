@@ -16,9 +16,9 @@ from collections.abc import Callable
 
 from redis import asyncio as aioredis
 
-from .notify import Notifier, channel_for, encode
-from .redis_client import Backoff, describe
-from .redis_pipeline import AutoPipeline
+from ..notify import Notifier, channel_for, encode
+from .connect import Backoff, describe
+from .pipeline import AutoPipeline
 
 log = logging.getLogger(__name__)
 

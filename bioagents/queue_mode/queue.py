@@ -1,0 +1,600 @@
+"""Queue mode's queue: SAQ's `RedisQueue`, on SAQ's own keys and record format, so that SAQ's
+own operations (`job()`, `jobs()`, `info()`, `count()`, `sweep()`, `abort()`, `enqueue()` from
+a plain SAQ client in another process, SAQ's web UI) tell the truth about our jobs.
+
+What changes, and why (each override below says which upstream behaviour it replaces):
+- SAQ's queue operations each take one round trip: one Lua script (`scripts.py`) sent through
+  the process's AutoPipeline, instead of two to six commands.
+- Additions that change no SAQ meaning: a pause shared by every worker, the completed and
+  failed listings the board pages through, claim tokens that stop a worker whose attempt was
+  recovered elsewhere from writing over it.
+- With a `QueueSpec` (our queues), SAQ's policies are replaced by SPEC §6's: exact backoff
+  (SAQ always adds full jitter), retention per outcome by age and count (SAQ: one ttl for
+  every outcome, no count), a stalled job put back without spending an attempt and failed on
+  its second stall (SAQ: aborted or retried as any failure), a job cut off by a graceful stop
+  put back at the front without spending an attempt (SAQ: retried, attempt spent), and each
+  failed attempt's error kept in `meta["errors"]` (SAQ keeps only the last).
+Without a spec (as SAQ's own test suite builds it) the queue keeps SAQ's policies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from redis import asyncio as aioredis
+from saq.job import TERMINAL_STATUSES, Job, Status
+from saq.queue.redis import PubSubMultiplexer, RedisQueue
+from saq.utils import now
+
+from ..jobs.base import MAX_STALLS, STALLED_TWICE, AttemptError, describe_traceback
+from ..jobs.spec import QueueSpec
+from . import scripts
+from .pipeline import AutoPipeline, Script
+
+logger = logging.getLogger("saq")  # SAQ's own logger: our overrides log as SAQ would
+
+# saq.Worker.process retries a job cut off by its stop() with this error.
+SAQ_STOP_ERROR = "cancelled"
+# A job function may leave here the one-line error its attempt failed with (for users); the
+# queue keeps it, with the traceback, in `meta["errors"]`.
+ATTEMPT_ERROR = "attempt_error"
+CLAIM = "claim"  # meta key: the claim token of the attempt a worker holds
+MAX_ERRORS_KEPT = 10  # SPEC §12: the errors of the last 10 attempts
+MAX_TRACEBACK = 4096  # SPEC §12: each traceback cut to 4 KiB
+PAUSED_POLL = 0.25  # seconds between looks at a paused queue
+BLOCK_AT_MOST = 1.0  # seconds one BLMOVE blocks, so a stop or a pause is noticed soon
+CLAIM_GRACE_MS = 30_000  # a held job whose worker never marked it active counts as stalled after
+
+
+class BioagentsQueue(RedisQueue):
+    """SAQ's RedisQueue with one-round-trip operations and SPEC §6's additions.
+
+    Same constructor and `from_url(url, **kwargs)` as `RedisQueue`; ours are keyword arguments:
+    `spec` (the queue's QueueSpec: SPEC §6's policies instead of SAQ's) and `pipeline` (an
+    AutoPipeline to share with the process's other Redis users, for its event loop)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        name: str = "default",
+        dump: Any = None,
+        load: Any = None,
+        max_concurrent_ops: int = 20,
+        swept_error_message: str | None = None,
+        *,
+        spec: QueueSpec | None = None,
+        pipeline: AutoPipeline | None = None,
+    ) -> None:
+        super().__init__(redis, name, dump, load, max_concurrent_ops, swept_error_message)
+        self.spec = spec
+        self.stopping = False  # set by our Worker's stop: dequeue takes nothing more
+        self._claims = self.namespace("claims")
+        self._completed = self.namespace("completed")
+        self._failed = self.namespace("failed")
+        self._paused = self.namespace("paused")
+        self._shared_pipeline = pipeline
+        self._pipelines: dict[asyncio.AbstractEventLoop, AutoPipeline] = {}
+        self._held: dict[str, str] = {}  # job key → claim token of attempts this process holds
+        self._stored: dict[int, bool] = {}  # id(job) → was its latest retry/finish stored?
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._pubsub = LivePubSubMultiplexer(redis.pubsub(), prefix=self._pubsub.prefix)
+
+    # --- Redis access -------------------------------------------------------------------------
+
+    @property
+    def pipeline(self) -> AutoPipeline:
+        """The AutoPipeline of the running event loop: one per loop, because a connection
+        belongs to the loop that opened it (a sync job may call `asyncio.run(job.refresh())`)."""
+        loop = asyncio.get_running_loop()
+        pipeline = self._pipelines.get(loop)
+        if pipeline is None:
+            shared = self._shared_pipeline
+            if shared is not None and not self._pipelines:
+                pipeline = shared
+            else:
+                client = self.redis if not self._pipelines else _same_server(self.redis)
+                pipeline = AutoPipeline(client, close_client=client is not self.redis)
+            self._pipelines[loop] = pipeline
+        return pipeline
+
+    def _script(self, script: Script, keys: list, args: list) -> asyncio.Future:
+        return self.pipeline.script(script, keys, args)
+
+    async def disconnect(self) -> None:
+        for handle in self._timers:
+            handle.cancel()
+        loop = asyncio.get_running_loop()
+        pipeline = self._pipelines.pop(loop, None)
+        if pipeline is not None and pipeline is not self._shared_pipeline:
+            await pipeline.close()
+        await super().disconnect()
+
+    # --- SAQ's reads, on the same pipeline --------------------------------------------------
+    # Upstream reads on other pooled connections; ours go through the pipeline that carries
+    # this process's writes, so a read issued after a write sees it (as SAQ's callers expect:
+    # `finish()` then `refresh()`).
+
+    async def _get_job_by_id(self, job_id: bytes | str) -> Job | None:
+        return self.deserialize(await self.pipeline.call("GET", job_id))
+
+    async def jobs(self, job_keys: Iterable[str]) -> list[Job | None]:
+        ids = [self.job_id(key) for key in job_keys]
+        if not ids:
+            return []
+        return [self.deserialize(record) for record in await self.pipeline.call("MGET", *ids)]
+
+    async def count(self, kind: Any) -> int:
+        if kind == "queued":
+            return await self.pipeline.call("LLEN", self._queued)
+        if kind == "active":
+            return await self.pipeline.call("LLEN", self._active)
+        if kind == "incomplete":
+            return await self.pipeline.call("ZCARD", self._incomplete)
+        raise ValueError(f"Can't count unknown type {kind}")
+
+    async def listen(
+        self,
+        job_keys: Iterable[str],
+        callback: Any,
+        timeout: float | None = 10,
+        poll_interval: float = 0.5,
+    ) -> None:
+        """Upstream: subscribes and waits for status messages; a job that finished before the
+        subscription took effect is never reported, so `refresh(until_complete)` can wait for
+        ever. Ours: once the subscription is live, a job already finished is reported once,
+        then messages as upstream."""
+        keys = list(job_keys)
+        if not keys:
+            return
+        multiplexer = self._pubsub
+        queue = await multiplexer.subscribe(*(self.job_id(key) for key in keys))
+        try:
+            await multiplexer.live.wait()
+            finished = [
+                (job.key, job.status)
+                for job in await self.jobs(keys)
+                if job is not None and job.status in TERMINAL_STATUSES
+            ]
+            for key, status in finished:
+                if await _call(callback, key, status):
+                    return
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout if timeout else None
+            while True:
+                wait = None if deadline is None else deadline - loop.time()
+                if wait is not None and wait <= 0:
+                    raise TimeoutError
+                message = await asyncio.wait_for(queue.get(), wait)
+                key = self.job_key_from_id(message["channel"])
+                status = Status[_text(message["data"]).upper()]
+                if await _call(callback, key, status):
+                    return
+        finally:
+            await multiplexer.unsubscribe(queue)
+
+    # --- claims -------------------------------------------------------------------------------
+
+    def _claim_of(self, job: Job) -> str:
+        """The claim token to guard this write with: only for an attempt this process holds."""
+        token = job.meta.get(CLAIM)
+        return token if token and self._held.get(job.key) == token else ""
+
+    def _took(self, reply: list, token: str) -> Job | None:
+        job_id, record = _text(reply[1]), reply[2]
+        if not record:  # a record deleted under a queued id: forget the orphan
+            self.pipeline.script(
+                scripts.FORGET, [self._active, self._incomplete, self._claims], [job_id]
+            )
+            return None
+        job = self.deserialize(record)
+        if job is None:
+            return None
+        job.meta[CLAIM] = token
+        self._held[job.key] = token
+        return job
+
+    def _settled(self, job: Job, stored: bool) -> None:
+        if job.meta.get(CLAIM) and self._held.get(job.key) == job.meta[CLAIM]:
+            del self._held[job.key]
+            self._stored[id(job)] = stored
+
+    def outcome_stored(self, job: Job) -> bool:
+        """Whether the retry or finish of an attempt this process held was stored (False: the
+        attempt was recovered elsewhere meanwhile, so its outcome is not the job's). Asked
+        once per attempt, by the worker's after-process hook."""
+        return self._stored.pop(id(job), True)
+
+    # --- SAQ's operations, one round trip each --------------------------------------------------
+
+    async def _enqueue(self, job: Job) -> Job | None:
+        """Upstream: its enqueue script (kept), run outside the AutoPipeline. Ours also takes a
+        re-enqueued finished job out of the finished listings."""
+        done = await self._script(
+            scripts.ENQUEUE,
+            [self._incomplete, job.id, self._queued, job.abort_id, self._completed, self._failed],
+            [self.serialize(job), _number(job.scheduled)],
+        )
+        if not done:
+            return None
+        logger.info("Enqueuing %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+        return job
+
+    async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
+        """Upstream: BLMOVE queued → active, then GET (two round trips), paused never, and a
+        stopping worker keeps taking jobs. Ours: one script when work is queued; otherwise
+        SAQ's BLMOVE, a second at most, then the claim; nothing while paused or stopping."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout else None
+        while not self.stopping:
+            token = _new_token()
+            reply = await self._script(
+                scripts.DEQUEUE, [self._queued, self._active, self._paused, self._claims], [token]
+            )
+            if reply and reply[0] == 1:
+                job = self._took(reply, token)
+                if job is not None:
+                    return job
+                continue
+            wait = BLOCK_AT_MOST if deadline is None else min(BLOCK_AT_MOST, deadline - loop.time())
+            if wait <= 0:
+                return None
+            if reply:  # paused
+                await asyncio.sleep(min(PAUSED_POLL, wait))
+                continue
+            job_id = await self.redis.blmove(self._queued, self._active, wait, "LEFT", "RIGHT")
+            if job_id is None:
+                continue
+            token = _new_token()
+            reply = await self._script(
+                scripts.CLAIM_MOVED,
+                [self._queued, self._active, self._paused, self._claims, job_id],
+                [token, job_id, "1" if self.stopping else "0"],
+            )
+            if reply[0] == 1 and (job := self._took(reply, token)) is not None:
+                return job
+        return None
+
+    async def _update(self, job: Job, status: Status | None = None, **kwargs: Any) -> None:
+        """Upstream: GET the stored status when none is given, then SET and PUBLISH (a status
+        changed in between, such as an abort, is overwritten). Ours: one script that writes only
+        over the status it expects and never over aborting/aborted."""
+        await self._write(job, status)
+
+    async def _write(self, job: Job, status: Status | None) -> bool:
+        """SAQ's update: False when this worker's claim on the job was lost."""
+        mode = "keep" if status is None else "set"
+        if status is not None:
+            job.status = status
+        claim = self._claim_of(job)
+        for _ in range(3):
+            reply = await self._script(
+                scripts.UPDATE,
+                [job.id, self._claims],
+                [self.serialize(job), job.status.value, mode, claim],
+            )
+            if reply[0] != 0:
+                return reply[0] == 1
+            job.status = Status(_text(reply[1]))
+            mode = "keep"
+        return False
+
+    async def heartbeat(self, job: Job) -> bool:
+        """Touch a running job (SAQ's heartbeat: `job.update()`); False once the worker's
+        claim was lost (the job was recovered from a stall)."""
+        job.touched = now()
+        return await self._write(self.copy(job), None)
+
+    def record_progress(self, job: Job) -> asyncio.Future:
+        """Store a running job's progress (`job.progress`, `meta`) without waiting for it:
+        the write goes out in order with everything else on the pipeline."""
+        job.touched = now()
+        return asyncio.ensure_future(self._write(self.copy(job), None))
+
+    async def _retry(self, job: Job, error: str | None) -> None:
+        """Upstream: several commands; the delay jittered; a job cut off by a stop spends an
+        attempt and waits out its backoff. Ours: one script; with a spec, exact backoff and
+        the attempt's error kept; a job cut off by our worker's stop is put back unspent."""
+        if self.stopping and error == SAQ_STOP_ERROR:
+            await self._put_back(job)
+            return
+        if self.spec is not None:
+            self._keep_error(job, error)
+            delay = exact_backoff(job)
+        else:
+            delay = job.next_retry_delay()
+        await self._requeue(job, delay)
+        if delay:
+            self._promote_in(delay)
+
+    async def _requeue(self, job: Job, delay: float, *, front: bool = False) -> bool:
+        if delay:
+            score, push = _number(time.time() + delay), "0"
+        else:
+            score, push = _number(job.scheduled), "2" if front else "1"
+        stored = bool(
+            await self._script(
+                scripts.RETRY,
+                [job.id, self._queued, self._active, self._incomplete, self._claims],
+                [self.serialize(job), self._claim_of(job), score, push],
+            )
+        )
+        self._settled(job, stored)
+        return stored
+
+    async def _put_back(self, job: Job) -> bool:
+        """Back to the front of the queue without spending the attempt it was on."""
+        job.status = Status.QUEUED
+        job.attempts = max(0, job.attempts - 1)
+        job.error = None
+        job.started = 0
+        job.worker_id = None
+        return await self._requeue(job, 0.0, front=True)
+
+    async def _finish(
+        self, job: Job, status: Status, *, result: Any = None, error: str | None = None
+    ) -> None:
+        """Upstream: several commands; one ttl for every outcome. Ours: one script that also
+        keeps the completed/failed listings, with SPEC §6's retention per outcome (by age and
+        count) when the queue has a spec; finishing twice with one status changes nothing."""
+        if self.spec is not None and status is not Status.COMPLETE:
+            self._keep_error(job, error)
+        ttl_ms, age_ms, keep = self._retention(job, status)
+        index, other = (
+            (self._completed, self._failed)
+            if status is Status.COMPLETE
+            else (self._failed, self._completed)
+        )
+        stored = await self._script(
+            scripts.FINISH,
+            [job.id, self._active, self._incomplete, self._claims, index, other],
+            [
+                self.serialize(job),
+                self._claim_of(job),
+                ttl_ms,
+                status.value,
+                now(),
+                age_ms,
+                keep,
+            ],
+        )
+        self._settled(job, bool(stored))
+
+    def _retention(self, job: Job, status: Status) -> tuple[int, int, int]:
+        """(record ttl ms: 0 for ever, < 0 delete; listing age ms or -1; count or -1)."""
+        spec = self.spec
+        if spec is None:
+            ttl = job.ttl
+            return (int(ttl * 1000) if ttl > 0 else ttl), -1, -1
+        if status is Status.COMPLETE:
+            seconds, count = spec.keep_completed_seconds, spec.keep_completed_count
+        else:
+            seconds, count = spec.keep_failed_seconds, spec.keep_failed_count
+        return int(seconds * 1000), int(seconds * 1000), -1 if count is None else count
+
+    async def abort(self, job: Job, error: str, ttl: float = 5) -> bool:
+        """Upstream: a pipeline, then a finish or LREM; a scheduled (delayed) job is left
+        aborting for ever. Ours: one script; a job that had not started (queued or delayed) is
+        finished as aborted at once. Returns True then, False when a worker holds the job and
+        will stop and finish it."""
+        job.status = Status.ABORTING
+        job.error = error
+        unstarted = await self._script(
+            scripts.ABORT,
+            [job.id, self._queued, self._incomplete, self._active, job.abort_id],
+            [self.serialize(job), error, max(1, int(ttl * 1000))],
+        )
+        if unstarted:
+            await self.finish(job, Status.ABORTED, error=error)
+            self.pipeline.call("DEL", job.abort_id)
+        return bool(unstarted)
+
+    # --- scheduling and stalls ------------------------------------------------------------------
+
+    def _promote_in(self, delay: float) -> None:
+        """SAQ's schedule() runs once a second under a lock; a backoff also ends exactly."""
+        loop = asyncio.get_running_loop()
+        handle: asyncio.TimerHandle | None = None
+
+        def due() -> None:
+            self._timers.discard(handle)  # type: ignore[arg-type]
+            loop.create_task(self.promote_due())
+
+        handle = loop.call_later(delay, due)
+        self._timers.add(handle)
+
+    async def promote_due(self) -> list[str]:
+        """SAQ's schedule(), without its lock: make the jobs whose time has come ready."""
+        try:
+            ids = await self._script(
+                scripts.PROMOTE_DUE, [self._incomplete, self._queued], [_number(time.time())]
+            )
+        except Exception as error:  # the next schedule() upkeep does it within a second
+            logger.debug("promote_due failed: %s", error)
+            return []
+        return [_text(job_id) for job_id in ids]
+
+    async def sweep(self, lock: int = 60, abort: float = 5.0) -> list[str]:
+        """Upstream: sweeps an active job whose status is not `active` at once (a job between
+        its dequeue and its first update included), and retries a stalled job as any failure.
+        Ours: one script reads what workers hold; a job held but not yet marked active counts
+        only once its claim is older than its heartbeat (or timeout); with a spec, a stalled
+        job is put back without spending an attempt and fails on its second stall (SPEC §6),
+        and a job left aborting by a dead worker is finished as aborted."""
+        reply = await self._script(
+            scripts.SWEEP_SCAN,
+            [self._sweep, self._active, self._claims],
+            [max(1, int(lock * 1000))],
+        )
+        if not reply:
+            return []
+        swept = []
+        for raw_id, record, token in zip(*reply, strict=True):
+            job_id = _text(raw_id)
+            if not record:
+                swept.append(job_id)
+                await self._script(
+                    scripts.FORGET, [self._active, self._incomplete, self._claims], [job_id]
+                )
+                logger.info("Sweeping missing job %s", job_id)
+                continue
+            job = self.deserialize(record)
+            if job is None or not _stalled(job, _text(token) if token else None):
+                continue
+            swept.append(job_id)
+            logger.info("Sweeping job %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+            if self.spec is None:
+                await self._sweep_as_saq(job, abort)
+            else:
+                await self._recover(job)
+        return swept
+
+    async def _sweep_as_saq(self, job: Job, abort: float) -> None:
+        await self.abort(job, error=self.swept_error_message)
+        try:
+            await job.refresh(abort)
+        except TimeoutError:
+            logger.info("Could not abort job %s", job.id)
+        if job.retryable:
+            await self.retry(job, error=self.swept_error_message)
+        else:
+            await self.finish(job, Status.ABORTED, error=self.swept_error_message)
+
+    async def _recover(self, job: Job) -> None:
+        """A job whose worker is gone (SPEC §6): finished if it was being aborted; else back
+        to the front of the queue, or failed on its second stall."""
+        if job.status is Status.ABORTING:
+            await self.finish(job, Status.ABORTED, error=job.error or "aborted")
+            return
+        stalls = int(job.meta.get("stalls", 0)) + 1
+        job.meta["stalls"] = stalls
+        if stalls < MAX_STALLS:
+            logger.warning("job %s stalled (its worker stopped); starting it again", job.id)
+            await self._put_back(job)
+            return
+        logger.warning("job %s stalled twice; failing it", job.id)
+        job.meta[ATTEMPT_ERROR] = STALLED_TWICE
+        await self.finish(
+            job,
+            Status.FAILED,
+            error=f"attempt {job.attempts} lost its worker (no heartbeat for {job.heartbeat} s), "
+            "the second stall of this job",
+        )
+
+    # --- the attempt errors SAQ does not keep -----------------------------------------------
+
+    def _keep_error(self, job: Job, error: str | None) -> None:
+        """Keep the failed attempt's one-line error and traceback in `meta["errors"]` (the last
+        MAX_ERRORS_KEPT, tracebacks cut), and cut SAQ's `error` (the traceback) the same way."""
+        trace = (error or "")[-MAX_TRACEBACK:]
+        line = job.meta.pop(ATTEMPT_ERROR, None) or describe_traceback(trace, job.timeout)
+        entry = AttemptError(job.attempts, line, trace, time.time())
+        job.meta["errors"] = [*job.meta.get("errors", ()), entry.to_json()][-MAX_ERRORS_KEPT:]
+        job.error = trace or line
+
+    # --- what SAQ lacks -------------------------------------------------------------------------
+
+    async def pause(self) -> None:
+        await self.pipeline.call("SET", self._paused, "1")
+
+    async def resume(self) -> None:
+        await self.pipeline.call("DEL", self._paused)
+
+    async def is_paused(self) -> bool:
+        return bool(await self.pipeline.call("EXISTS", self._paused))
+
+    async def forget_worker(self, worker_id: str) -> None:
+        """Leave SAQ's live-worker set at once (a stopped worker), not when its info expires."""
+        key = self.namespace(f"worker_info:{worker_id}")
+        await self.pipeline.call("ZREM", self._stats, key)
+        await self.pipeline.call("DEL", key)
+
+
+class LivePubSubMultiplexer(PubSubMultiplexer):
+    """SAQ's multiplexer, telling when its pattern subscription is live (Redis confirmed it)."""
+
+    def __init__(self, pubsub: Any, prefix: str) -> None:
+        super().__init__(pubsub, prefix)
+        self.live = asyncio.Event()
+
+    async def _start(self) -> None:
+        await self.pubsub.psubscribe(f"{self.prefix}*")
+        while True:
+            try:
+                message = await self.pubsub.get_message(timeout=None)
+                if not message:
+                    continue
+                if message["type"] == "psubscribe":
+                    self.live.set()
+                elif message["type"] == "pmessage":
+                    message["channel"] = _text(message["channel"])
+                    self.publish(message["channel"], message)
+            except asyncio.CancelledError:
+                return
+            except Exception:
+                logger.exception("Failed to consume message")
+
+    async def _close(self) -> None:
+        self.live.clear()
+        await super()._close()
+
+
+async def _call(callback: Any, key: str, status: Status) -> bool:
+    result = callback(key, status)
+    if asyncio.iscoroutine(result):
+        result = await result
+    return bool(result)
+
+
+def exact_backoff(job: Job) -> float:
+    """SAQ's exponential backoff without its jitter: retry_delay · 2^(attempts − 1), capped
+    by `retry_backoff` when that is a number (SPEC §6: 1-2-4 s, 5-10 s)."""
+    if job.retry_backoff is False:
+        return job.retry_delay
+    delay = job.retry_delay * 2 ** max(job.attempts - 1, 0)
+    cap = job.retry_backoff
+    if cap is not True and isinstance(cap, int | float) and cap > 0:
+        delay = min(delay, float(cap))
+    return delay
+
+
+def _stalled(job: Job, token: str | None) -> bool:
+    if job.status in (Status.ACTIVE, Status.ABORTING):
+        return job.stuck
+    if token is None:
+        return True  # held with no claim: SAQ's rule
+    claimed_ms = int(token.partition(":")[0] or 0)
+    grace_ms = (job.heartbeat or job.timeout) * 1000 or CLAIM_GRACE_MS
+    return now() - claimed_ms > grace_ms
+
+
+def _new_token() -> str:
+    return f"{now()}:{secrets.token_hex(6)}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _number(value: float) -> str:
+    """A score as SAQ's scripts compare it: whole numbers without a decimal point."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value) if not isinstance(value, float) else repr(value)
+
+
+def _same_server(redis: aioredis.Redis) -> aioredis.Redis:
+    """A client with its own connection pool to the same server, for another event loop."""
+    pool = redis.connection_pool
+    try:
+        return aioredis.Redis(
+            connection_pool=type(pool)(
+                connection_class=pool.connection_class, **pool.connection_kwargs
+            )
+        )
+    except TypeError:  # a pool that cannot be copied this way (Sentinel): share it, as SAQ does
+        return redis
