@@ -92,7 +92,7 @@ def _worker(settings: Settings, args) -> int:
             file=sys.stderr,
         )
         return 2
-    from bioagents.queue_mode import run_worker_process
+    from bioagents.queue_mode.services import run_worker_process
 
     _install_uvloop()
     return asyncio.run(run_worker_process(settings, args.queue or ["chat", "deep-research"]))

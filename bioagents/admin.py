@@ -31,7 +31,7 @@ from .jobs.base import (
     QueueUnavailable,
     UnknownQueue,
 )
-from .keys import BACKEND, DB, JOBS
+from .keys import DB, JOBS, NOTIFIER
 
 BASE = "/admin/queues"
 API = f"{BASE}/api/queues"
@@ -397,7 +397,7 @@ async def _form_value(request: web.Request, name: str) -> str | None:
 async def remove_job(request: web.Request) -> web.Response:
     queue, job_id = _queue_name(request), request.match_info["jobId"]
     app = request.app
-    job = await job_actions.remove(app[JOBS], app[DB], app[BACKEND].notifier, queue, job_id)
+    job = await job_actions.remove(app[JOBS], app[DB], app[NOTIFIER], queue, job_id)
     # The job page's Remove button asks to land on the list the job was in.
     then = await _form_value(request, "then")
     redirect = queue_url(queue, job.state.value) if then == "list" else None
@@ -425,7 +425,7 @@ async def clean_state(request: web.Request) -> web.Response:
     if not (0 <= older_than < math.inf):
         raise ApiError(400, f"olderThan must be a number of seconds >= 0, got {raw[:40]!r}")
     jobs, db = request.app[JOBS], request.app[DB]
-    notifier = request.app[BACKEND].notifier
+    notifier = request.app[NOTIFIER]
     removed = await job_actions.clean(jobs, db, notifier, queue, state, older_than)
     body = {"queue": queue, "state": state.value, "olderThan": older_than, "removed": removed}
     noun = "job" if removed == 1 else "jobs"

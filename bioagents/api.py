@@ -15,7 +15,7 @@ from .errors import ApiError
 from .jobs.base import InvalidJobState, JobNotFound, JobState, QueueUnavailable
 from .jobs.handler import job_data
 from .jobs.spec import CHAT, DEEP_RESEARCH
-from .keys import BACKEND, DB, JOBS, SETTINGS
+from .keys import DB, JOBS, LIMITER, SETTINGS
 from .openapi import openapi_document
 
 MAX_MESSAGE_CHARS = 20000
@@ -121,7 +121,7 @@ async def _rate_limit(request: web.Request, queue: str, user_id: str) -> dict:
     )
     if limit <= 0:
         return {}
-    limiter = request.app[BACKEND].limiter
+    limiter = request.app[LIMITER]
     try:
         decision = await limiter.hit(f"{queue}:{user_id}", limit, RATE_WINDOWS[queue])
     except QueueUnavailable as error:

@@ -1,27 +1,24 @@
-"""The aiohttp application: wires settings, database, backend, hub, API and board together."""
+"""The aiohttp application: wires settings, database, LLM client, job system, hub, API and
+board together, each resource opened and closed by its own cleanup context."""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from . import admin, api
 from .agents.llm import build_llm
-from .backends import open_backend
+from .backends import job_system
 from .config import Settings
 from .db import Database
 from .errors import json_errors
 from .hub import Hub
-from .jobs.spec import queue_specs
-from .keys import BACKEND, DB, HUB, JOBS, LLM_CLIENT, SETTINGS
-from .recovery import requeue_pending
+from .keys import DB, HUB, LLM_CLIENT, NOTIFIER, RUN_WORKERS, RUNNER, SETTINGS
+from .resources import resource_dir
 
 log = logging.getLogger(__name__)
-
-ROOT = Path(__file__).resolve().parent.parent
-RUN_WORKERS = web.AppKey("run_workers", bool)
 
 
 def create_app(settings: Settings, *, run_workers: bool | None = None) -> web.Application:
@@ -30,52 +27,59 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> web.Ap
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
     app[SETTINGS] = settings
     app[RUN_WORKERS] = settings.workers_in_api if run_workers is None else run_workers
-    app.cleanup_ctx.append(_services)
+    app.cleanup_ctx.extend([_database, _llm, job_system, _hub, _ready])
     app.on_shutdown.append(_drain_jobs)  # listening has stopped; sockets stay open meanwhile
     app.on_shutdown.append(_close_sockets)
     api.setup_routes(app)
     app.router.add_get("/api/ws", _websocket)
     admin.setup(app)
-    app.router.add_static("/static", ROOT / "static", name="static")
+    app.router.add_static("/static", resource_dir("static"), name="static")
     app.router.add_get("/", _home)
     return app
 
 
-async def _services(app: web.Application):
-    settings = app[SETTINGS]
-    db = Database(settings.database_url)
-    await db.run(db.migrate)
-    llm = build_llm(settings)
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    db = Database(app[SETTINGS].database_url)
+    try:
+        await db.run(db.migrate)
+        app[DB] = db
+        yield
+    finally:
+        db.close()
+
+
+async def _llm(app: web.Application) -> AsyncIterator[None]:
+    llm = build_llm(app[SETTINGS])
     await llm.start()
-    backend = await open_backend(
-        settings, queue_specs(settings), db, llm, run_workers=app[RUN_WORKERS]
-    )
-    hub = Hub(settings, db)
-    backend.notifier.add_listener(hub.deliver)
-    app[DB], app[LLM_CLIENT], app[BACKEND], app[JOBS], app[HUB] = (
-        db,
-        llm,
-        backend,
-        backend.jobs,
-        hub,
-    )
-    await requeue_pending(db, backend.jobs)
+    try:
+        app[LLM_CLIENT] = llm
+        yield
+    finally:
+        await llm.close()
+
+
+async def _hub(app: web.Application) -> AsyncIterator[None]:
+    hub = Hub(app[SETTINGS], app[DB])
+    app[NOTIFIER].add_listener(hub.deliver)
+    app[HUB] = hub
+    yield
+
+
+async def _ready(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
     log.info(
         "bioagents ready: %s mode, database %s",
         "queue" if settings.use_job_queue else "in-process",
         settings.database_url.split("@")[-1],
     )
     yield
-    await backend.close()
-    await llm.close()
-    db.close()
 
 
 async def _drain_jobs(app: web.Application) -> None:
     """Graceful stop (SPEC §6): take no more jobs, give active ones the grace period; their
     notifications still reach the sockets, which close after."""
-    if BACKEND in app:
-        await app[BACKEND].drain(app[SETTINGS].shutdown_grace_seconds)
+    if RUNNER in app:
+        await app[RUNNER].drain(app[SETTINGS].shutdown_grace_seconds)
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -1,56 +1,56 @@
 """The one place that picks the implementations of a mode (SPEC §1): the job queue, the
-notifier and the rate limiter. Everything else talks to the interfaces."""
+notifier, the rate limiter and what runs jobs in this process. Everything else talks to the
+interfaces, found under the app's typed keys."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator
 
-from .agents.llm import LLM
-from .config import Settings
-from .db import Database
-from .jobs.base import JobQueue
+from aiohttp import web
+
 from .jobs.handler import AgentJobHandler
 from .jobs.inprocess import InProcessJobQueue
-from .jobs.spec import QueueSpec
-from .notify import LocalNotifier, Notifier
-from .ratelimit import MemoryRateLimiter, RateLimiter
+from .jobs.spec import queue_specs
+from .keys import DB, JOBS, LIMITER, LLM_CLIENT, NOTIFIER, RUN_WORKERS, RUNNER, SETTINGS
+from .notify import LocalNotifier
+from .ratelimit import MemoryRateLimiter
+from .recovery import requeue_pending
 
 
-@dataclasses.dataclass
-class Backend:
-    jobs: JobQueue
-    notifier: Notifier
-    limiter: RateLimiter
-    # Stops taking jobs and waits up to `grace` seconds for active ones (SPEC §6 graceful stop).
-    drain: Callable[[float], Awaitable[None]]
-    close: Callable[[], Awaitable[None]]
-    queue_mode: bool = False
+async def job_system(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: the mode's job queue, notifier, rate limiter and job runner. Whatever it
+    opened is closed again if a later step fails. At start, PENDING messages are reconciled
+    with the queue (`recovery.py`)."""
+    settings, db, llm = app[SETTINGS], app[DB], app[LLM_CLIENT]
+    specs = queue_specs(settings)
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.use_job_queue:
+            from .queue_mode.services import open_queue_services
 
-
-async def open_backend(
-    settings: Settings,
-    specs: dict[str, QueueSpec],
-    db: Database,
-    llm: LLM,
-    *,
-    run_workers: bool,
-) -> Backend:
-    """Open the mode's backend. In queue mode `run_workers` also runs SAQ workers in this
-    process (`serve --with-worker`); in-process mode always runs its jobs here."""
-    if settings.use_job_queue:
-        from .queue_mode import open_queue_backend
-
-        return await open_queue_backend(settings, specs, db, llm, run_workers=run_workers)
-
-    notifier = LocalNotifier()
-    handler = AgentJobHandler(db, notifier, llm, specs)
-    jobs = InProcessJobQueue(specs, handler)
-    limiter = MemoryRateLimiter()
-    await jobs.start()
-
-    async def close() -> None:
-        await jobs.close()
-        await notifier.close()
-
-    return Backend(jobs, notifier, limiter, drain=jobs.drain, close=close)
+            services = await stack.enter_async_context(
+                open_queue_services(settings, specs, subscribe=True)
+            )
+            app[JOBS], app[NOTIFIER], app[LIMITER] = (
+                services.jobs,
+                services.notifier,
+                services.limiter,
+            )
+            if app[RUN_WORKERS]:
+                handler = AgentJobHandler(db, services.notifier, llm, specs)
+                app[RUNNER] = await stack.enter_async_context(
+                    services.running_workers(handler, list(specs))
+                )
+        else:
+            notifier = LocalNotifier()
+            jobs = InProcessJobQueue(specs, AgentJobHandler(db, notifier, llm, specs))
+            await jobs.start()
+            stack.push_async_callback(jobs.close)
+            app[JOBS], app[NOTIFIER], app[LIMITER], app[RUNNER] = (
+                jobs,
+                notifier,
+                MemoryRateLimiter(),
+                jobs,
+            )
+        await requeue_pending(db, app[JOBS])
+        yield

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from pathlib import Path
 
 import jinja2
 import orjson
@@ -13,10 +12,10 @@ from aiohttp import web
 from markupsafe import Markup
 
 from .jobs.base import JobInfo, JobState
+from .resources import resource_dir
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES = ROOT / "templates"
-STATIC = ROOT / "static"
+TEMPLATES = resource_dir("templates")
+STATIC = resource_dir("static")
 POLL_SECONDS = 2  # live fragments refresh at least this often (SPEC §7: within 5 s)
 REFRESH_EVENT = "board-refresh"  # fired by actions (HX-Trigger) and when the tab is shown again
 

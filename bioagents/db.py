@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +19,24 @@ import peewee as pw
 from playhouse import db_url
 from playhouse.sqlite_ext import JSONField as SqliteJSONField
 
-database_proxy = pw.DatabaseProxy()
+
+class ThreadDatabase(pw.DatabaseProxy):
+    """The models' database: the one of the `Database` whose thread runs the query. Each
+    `Database` runs its queries on threads of its own, so two of them in one process (two apps
+    in a test, say) never share a connection or see each other's tables."""
+
+    _local = threading.local()
+
+    @property  # type: ignore[override]
+    def obj(self) -> pw.Database | None:
+        return getattr(self._local, "database", None)
+
+    @obj.setter
+    def obj(self, database: pw.Database | None) -> None:
+        self._local.database = database
+
+
+database_proxy = ThreadDatabase()
 
 
 def utcnow() -> dt.datetime:
@@ -137,9 +155,13 @@ class Database:
     def __init__(self, url: str):
         self.url = url
         self.peewee = open_database(url)
-        database_proxy.initialize(self.peewee)
         threads = 1 if isinstance(self.peewee, pw.SqliteDatabase) else 8
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
+        self._executor = ThreadPoolExecutor(
+            max_workers=threads,
+            thread_name_prefix="db",
+            initializer=database_proxy.initialize,
+            initargs=(self.peewee,),
+        )
         self.statements = 0
         self._count_statements()
         self._batching = isinstance(self.peewee, pw.SqliteDatabase)
@@ -193,8 +215,16 @@ class Database:
 
         self.peewee.execute_sql = counted
 
+    def call(self, fn, *args):
+        """Run `fn(*args)` in the database thread and wait for it, from code outside the event
+        loop (the CLI, tests): models reach this database only from its own threads."""
+        if database_proxy.obj is self.peewee:
+            return fn(*args)
+        return self._executor.submit(self._call, fn, args).result()
+
     def migrate(self) -> None:
-        migrate(self.peewee)
+        """Create or upgrade the tables (from any thread)."""
+        self.call(migrate, self.peewee)
 
     async def ping(self) -> bool:
         def select_one():
@@ -207,9 +237,15 @@ class Database:
             return False
 
     def close(self) -> None:
+        """Close the database threads' connections, then the threads."""
+
+        def close_connection() -> None:
+            if not self.peewee.is_closed():
+                self.peewee.close()
+
+        for _ in range(self._executor._max_workers):
+            self._executor.submit(close_connection)
         self._executor.shutdown(wait=True)
-        if not self.peewee.is_closed():
-            self.peewee.close()
 
 
 def _settle(batch: list[tuple], done: asyncio.Future) -> None:

@@ -19,7 +19,7 @@ def write_rows(settings, *steps):
     db = Database(settings.database_url)
     try:
         db.migrate()
-        return [step() for step in steps]
+        return [db.call(step) for step in steps]
     finally:
         db.close()
 

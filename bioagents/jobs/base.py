@@ -1,8 +1,9 @@
 """The one job-queue interface that routes, board and hub talk to, and the types it speaks.
 
 Two implementations: `inprocess.InProcessJobQueue` (the embedded default, runs jobs itself) and
-`saq_queue.SaqJobQueue` (Redis; jobs run on `saq_worker` processes). Both call a `JobHandler`
-to execute an attempt, so what a job does and what it announces is the same in both modes.
+`queue_mode.job_queue.SaqJobQueue` (Redis; jobs run on SAQ's workers, `queue_mode.worker`).
+Both call a `JobHandler` to execute an attempt, so what a job does and what it announces is
+the same in both modes.
 """
 
 from __future__ import annotations
@@ -95,6 +96,17 @@ class JobInfo:
         return None if self.started_at is None else max(0.0, self.started_at - self.queued_at)
 
     @property
+    def entered_state_at(self) -> float:
+        """When the job entered its current state: what `clean`'s age counts from."""
+        if self.state in (JobState.COMPLETED, JobState.FAILED):
+            return self.finished_at or self.queued_at
+        if self.state is JobState.DELAYED and self.errors:
+            return self.errors[-1].at
+        if self.state is JobState.ACTIVE and self.started_at:
+            return self.started_at
+        return self.queued_at
+
+    @property
     def run_seconds(self) -> float | None:
         if self.started_at is None or self.finished_at is None:
             return None
@@ -159,6 +171,14 @@ class JobHandler(Protocol):
 
     async def on_failed(self, attempt: Attempt, error: str, final: bool) -> None:
         """Called after the failure is stored (as delayed when not final, else failed)."""
+
+
+class JobRunner(Protocol):
+    """What runs jobs in this process: the in-process queue, or queue mode's SAQ workers."""
+
+    async def drain(self, grace: float) -> None:
+        """Graceful stop (SPEC §6): take no more jobs, give active ones `grace` seconds, and
+        put the rest back without spending an attempt."""
 
 
 class JobQueue(abc.ABC):

@@ -284,8 +284,7 @@ class InProcessJobQueue(JobQueue):
         removed = 0
         for job_id in list(q.index(state)):
             job = q.jobs[job_id]
-            entered = _entered_state_at(job)
-            if entered <= horizon:
+            if job.entered_state_at <= horizon:
                 await self.remove(queue, job_id)
                 removed += 1
         return removed
@@ -303,11 +302,3 @@ class InProcessJobQueue(JobQueue):
     async def health(self) -> dict:
         # The SPEC's health shape always names Redis; this mode does not use it.
         return {"redis": "disabled"}
-
-
-def _entered_state_at(job: JobInfo) -> float:
-    if job.state in (JobState.COMPLETED, JobState.FAILED):
-        return job.finished_at or job.queued_at
-    if job.state is JobState.DELAYED and job.errors:
-        return job.errors[-1].at
-    return job.queued_at

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from redis import asyncio as aioredis
@@ -73,6 +73,9 @@ class BioagentsQueue(RedisQueue):
         super().__init__(redis, name, dump, load, max_concurrent_ops, swept_error_message)
         self.spec = spec
         self.stopping = False  # set by our Worker's stop: dequeue takes nothing more
+        # Called after the sweep failed a job on its second stall (set by our Worker, which
+        # tells the job's handler): the worker that ran it is gone and cannot.
+        self.on_stalled_out: Callable[[Job], Awaitable[None]] | None = None
         self._claims = self.namespace("claims")
         self._completed = self.namespace("completed")
         self._failed = self.namespace("failed")
@@ -82,6 +85,8 @@ class BioagentsQueue(RedisQueue):
         self._held: dict[str, str] = {}  # job key → claim token of attempts this process holds
         self._stored: dict[int, bool] = {}  # id(job) → was its latest retry/finish stored?
         self._timers: set[asyncio.TimerHandle] = set()
+        self._tasks: set[asyncio.Future] = set()
+        self._blocking = asyncio.Lock()  # one blocking dequeue per queue and process
         self._pubsub = LivePubSubMultiplexer(redis.pubsub(), prefix=self._pubsub.prefix)
 
     # --- Redis access -------------------------------------------------------------------------
@@ -225,39 +230,60 @@ class BioagentsQueue(RedisQueue):
         return job
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
-        """Upstream: BLMOVE queued → active, then GET (two round trips), paused never, and a
-        stopping worker keeps taking jobs. Ours: one script when work is queued; otherwise
-        SAQ's BLMOVE, a second at most, then the claim; nothing while paused or stopping."""
+        """Upstream: every idle worker slot blocks in its own BLMOVE queued → active, then GETs
+        (two round trips); a paused queue does not exist; a stopping worker keeps taking jobs.
+        Ours: one script when work is queued; otherwise one slot per queue and process blocks
+        in SAQ's BLMOVE (a second at most) while the others wait their turn here, then claims
+        what it took; nothing while paused or stopping."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout else None
         while not self.stopping:
+            reply = await self._take()
+            if reply is not _NOTHING:
+                if reply is not _PAUSED:
+                    return reply
+                await asyncio.sleep(_remaining(loop, deadline, PAUSED_POLL))
+            else:
+                async with self._blocking:
+                    job = await self._take_blocking(_remaining(loop, deadline, BLOCK_AT_MOST))
+                if job is not None:
+                    return job
+            if deadline is not None and loop.time() >= deadline:
+                return None
+        return None
+
+    async def _take(self) -> Any:
+        """A job, _PAUSED or _NOTHING, without waiting."""
+        while True:
             token = _new_token()
             reply = await self._script(
                 scripts.DEQUEUE, [self._queued, self._active, self._paused, self._claims], [token]
             )
-            if reply and reply[0] == 1:
-                job = self._took(reply, token)
-                if job is not None:
-                    return job
-                continue
-            wait = BLOCK_AT_MOST if deadline is None else min(BLOCK_AT_MOST, deadline - loop.time())
-            if wait <= 0:
-                return None
-            if reply:  # paused
-                await asyncio.sleep(min(PAUSED_POLL, wait))
-                continue
-            job_id = await self.redis.blmove(self._queued, self._active, wait, "LEFT", "RIGHT")
-            if job_id is None:
-                continue
-            token = _new_token()
-            reply = await self._script(
-                scripts.CLAIM_MOVED,
-                [self._queued, self._active, self._paused, self._claims, job_id],
-                [token, job_id, "1" if self.stopping else "0"],
-            )
-            if reply[0] == 1 and (job := self._took(reply, token)) is not None:
+            if not reply:
+                return _NOTHING
+            if reply[0] == 0:
+                return _PAUSED
+            job = self._took(reply, token)
+            if job is not None:
                 return job
-        return None
+
+    async def _take_blocking(self, wait: float) -> Job | None:
+        """Block in SAQ's BLMOVE for up to `wait` seconds, then claim what it took."""
+        if self.stopping or wait <= 0:
+            return None
+        reply = await self._take()  # a sibling slot may have left work behind
+        if reply is not _NOTHING:
+            return None if reply is _PAUSED else reply
+        job_id = await self.redis.blmove(self._queued, self._active, wait, "LEFT", "RIGHT")
+        if job_id is None:
+            return None
+        token = _new_token()
+        reply = await self._script(
+            scripts.CLAIM_MOVED,
+            [self._queued, self._active, self._paused, self._claims, job_id],
+            [token, job_id, "1" if self.stopping else "0"],
+        )
+        return self._took(reply, token) if reply[0] == 1 else None
 
     async def _update(self, job: Job, status: Status | None = None, **kwargs: Any) -> None:
         """Upstream: GET the stored status when none is given, then SET and PUBLISH (a status
@@ -332,6 +358,8 @@ class BioagentsQueue(RedisQueue):
         job.attempts = max(0, job.attempts - 1)
         job.error = None
         job.started = 0
+        job.progress = 0.0
+        job.meta.pop("progress", None)
         job.worker_id = None
         return await self._requeue(job, 0.0, front=True)
 
@@ -398,14 +426,13 @@ class BioagentsQueue(RedisQueue):
     def _promote_in(self, delay: float) -> None:
         """SAQ's schedule() runs once a second under a lock; a backoff also ends exactly."""
         loop = asyncio.get_running_loop()
-        handle: asyncio.TimerHandle | None = None
+        self._timers = {h for h in self._timers if not h.cancelled() and h.when() > loop.time()}
+        self._timers.add(loop.call_later(delay, self._promote_now))
 
-        def due() -> None:
-            self._timers.discard(handle)  # type: ignore[arg-type]
-            loop.create_task(self.promote_due())
-
-        handle = loop.call_later(delay, due)
-        self._timers.add(handle)
+    def _promote_now(self) -> None:
+        task = asyncio.ensure_future(self.promote_due())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def promote_due(self) -> list[str]:
         """SAQ's schedule(), without its lock: make the jobs whose time has come ready."""
@@ -428,7 +455,7 @@ class BioagentsQueue(RedisQueue):
         reply = await self._script(
             scripts.SWEEP_SCAN,
             [self._sweep, self._active, self._claims],
-            [max(1, int(lock * 1000))],
+            [max(1, int(lock * 1000)), f"{now()}:sweep"],
         )
         if not reply:
             return []
@@ -443,7 +470,7 @@ class BioagentsQueue(RedisQueue):
                 logger.info("Sweeping missing job %s", job_id)
                 continue
             job = self.deserialize(record)
-            if job is None or not _stalled(job, _text(token) if token else None):
+            if job is None or not _stalled(job, _text(token) if token else None, self.spec):
                 continue
             swept.append(job_id)
             logger.info("Sweeping job %s", job.info(logger.isEnabledFor(logging.DEBUG)))
@@ -484,6 +511,8 @@ class BioagentsQueue(RedisQueue):
             error=f"attempt {job.attempts} lost its worker (no heartbeat for {job.heartbeat} s), "
             "the second stall of this job",
         )
+        if self.on_stalled_out is not None:
+            await self.on_stalled_out(job)
 
     # --- the attempt errors SAQ does not keep -----------------------------------------------
 
@@ -551,7 +580,7 @@ async def _call(callback: Any, key: str, status: Status) -> bool:
 
 
 def exact_backoff(job: Job) -> float:
-    """SAQ's exponential backoff without its jitter: retry_delay · 2^(attempts − 1), capped
+    """SAQ's exponential backoff without its jitter: retry_delay * 2 ** (attempts - 1), capped
     by `retry_backoff` when that is a number (SPEC §6: 1-2-4 s, 5-10 s)."""
     if job.retry_backoff is False:
         return job.retry_delay
@@ -562,14 +591,26 @@ def exact_backoff(job: Job) -> float:
     return delay
 
 
-def _stalled(job: Job, token: str | None) -> bool:
+def _stalled(job: Job, token: str | None, spec: QueueSpec | None) -> bool:
+    """Whether a held job's worker is gone: SAQ's `stuck` (its timeout or heartbeat passed)
+    for a job marked active; for one held but not yet marked active, its claim's age."""
     if job.status in (Status.ACTIVE, Status.ABORTING):
         return job.stuck
     if token is None:
-        return True  # held with no claim: SAQ's rule
+        # First seen without a claim: SAQ sweeps it at once; ours has just been stamped, so
+        # the next sweep can tell whether it is a dead worker's or one being claimed now.
+        return spec is None
     claimed_ms = int(token.partition(":")[0] or 0)
     grace_ms = (job.heartbeat or job.timeout) * 1000 or CLAIM_GRACE_MS
     return now() - claimed_ms > grace_ms
+
+
+_NOTHING = object()
+_PAUSED = object()
+
+
+def _remaining(loop: asyncio.AbstractEventLoop, deadline: float | None, at_most: float) -> float:
+    return at_most if deadline is None else max(0.0, min(at_most, deadline - loop.time()))
 
 
 def _new_token() -> str:

@@ -62,12 +62,16 @@ return {1, id, redis.call('GET', id)}
 
 # After a blocking BLMOVE took `id` into active: claim it, or give it back to the front of the
 # queue when the queue was paused meanwhile or this worker is stopping (ARGV[3] = '1').
+# A job a sweep put back meanwhile (no longer in active) is not taken.
 # KEYS: queued, active, paused, claims, id. ARGV: claim token, id, stopping.
+# Returns {0} given back or lost, {1, id, record} claimed.
 CLAIM_MOVED = Script(
     """
+if not redis.call('LPOS', KEYS[2], ARGV[2]) then return {0} end
 if ARGV[3] == '1' or redis.call('EXISTS', KEYS[3]) == 1 then
   redis.call('LREM', KEYS[2], -1, ARGV[2])
-  redis.call('LPUSH', KEYS[1], ARGV[2])
+  redis.call('HDEL', KEYS[4], ARGV[2])
+  if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('LPUSH', KEYS[1], ARGV[2]) end
   return {0}
 end
 redis.call('HSET', KEYS[4], ARGV[2], ARGV[1])
@@ -210,7 +214,10 @@ return jobs
 
 # The sweep's look at what workers hold, once per lock period across all workers: the active
 # list and the claims (an aborting job has left active but is still held), with their records.
-# KEYS: sweep lock, active, claims. ARGV: lock ms.
+# A held job without a claim (taken by BLMOVE, its claim not yet written) gets a placeholder
+# claim stamped now, so the next sweep can tell how long it has been held; it is returned
+# without a token this time.
+# KEYS: sweep lock, active, claims. ARGV: lock ms, placeholder token.
 # Returns {} when another process holds the lock, else {ids, records, claim tokens}.
 SWEEP_SCAN = Script(
     """
@@ -225,6 +232,7 @@ local records, claims = {}, {}
 for i, id in ipairs(ids) do
   records[i] = redis.call('GET', id)
   claims[i] = redis.call('HGET', KEYS[3], id)
+  if not claims[i] and records[i] then redis.call('HSET', KEYS[3], id, ARGV[2]) end
 end
 return {ids, records, claims}
 """
@@ -298,12 +306,15 @@ return 1
 """
 )
 
-# Delete a job that no worker holds. KEYS: job id, queued, incomplete, completed, failed, claims.
+# Delete a job that no worker holds (one in active without a claim is in transit from a
+# blocking dequeue, whose claim then finds it gone).
+# KEYS: job id, queued, incomplete, completed, failed, claims, active.
 # Returns 1 removed, 0 no such job, -1 a worker holds it.
 REMOVE = Script(
     """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 if redis.call('HEXISTS', KEYS[6], KEYS[1]) == 1 then return -1 end
+redis.call('LREM', KEYS[7], 0, KEYS[1])
 redis.call('LREM', KEYS[2], 0, KEYS[1])
 redis.call('ZREM', KEYS[3], KEYS[1])
 redis.call('ZREM', KEYS[4], KEYS[1])

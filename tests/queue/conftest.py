@@ -331,6 +331,22 @@ class ChannelRecorder:
         ]
 
 
+async def saq_record(redis, job_id: str, queue: str = "chat") -> dict | None:
+    """The job as SAQ stores it (`saq:job:<queue>:<id>`, Job.to_dict())."""
+    import orjson
+
+    raw = await redis.get(f"saq:job:{queue}:{job_id}")
+    return orjson.loads(raw) if raw else None
+
+
+async def owner_of(redis, job_id: str, queue: str = "chat") -> str | None:
+    """The SAQ worker running the job now (its record's worker_id while active), or None."""
+    record = await saq_record(redis, job_id, queue)
+    if record is None or record.get("status") not in ("active", "aborting"):
+        return None
+    return record.get("worker_id")
+
+
 def specs_for(env: dict[str, str]):
     return queue_specs(settings_from(env))
 
@@ -338,33 +354,39 @@ def specs_for(env: dict[str, str]):
 @pytest.fixture
 async def open_services(queue_env):
     """`await open_services(specs=…, workers=[queues], **env)`: queue mode's services in this
-    test's own event loop (job queue, notifier, rate limiter and, with `workers`, a Worker),
-    over the test's Redis and database. Closed at the end of the test."""
+    test's own event loop (job queue, notifier, rate limiter and, with `workers`, SAQ workers
+    for those queues), over the test's Redis and database. Closed at the end of the test."""
     from bioagents.agents.llm import build_llm
     from bioagents.db import Database
-    from bioagents.queue_mode import QueueServices
+    from bioagents.jobs.handler import AgentJobHandler
+    from bioagents.queue_mode.services import open_queue_services
 
-    opened = []
+    stack = contextlib.AsyncExitStack()
 
     async def open_(specs=None, *, workers=None, **env):
         settings = settings_from(queue_env, **env)
         db = Database(settings.database_url)
+        stack.callback(db.close)
         db.migrate()
         llm = build_llm(settings)
         await llm.start()
-        services = QueueServices(settings, specs or queue_specs(settings), subscribe=False)
-        await services.start(db, llm, workers)
+        stack.push_async_callback(llm.close)
+        specs = specs or queue_specs(settings)
+        services = await stack.enter_async_context(
+            open_queue_services(settings, specs, subscribe=False)
+        )
         services.db = db
-        opened.append((services, db, llm))
-        if services.worker is not None:
-            await asyncio.wait_for(services.worker.alive.wait(), 10)
+        services.workers = None
+        if workers:
+            handler = AgentJobHandler(db, services.notifier, llm, specs)
+            services.workers = await stack.enter_async_context(
+                services.running_workers(handler, workers)
+            )
+            await asyncio.wait_for(services.workers.ready(), 10)
         return services
 
     yield open_
-    for services, db, llm in reversed(opened):
-        await services.close()
-        await llm.close()
-        db.close()
+    await stack.aclose()
 
 
 async def accept_chat(services, question="What does p53 do?", user="alice", queue="chat"):

@@ -10,17 +10,19 @@ import pytest
 
 from bioagents.jobs.base import STALLED_TWICE
 
-from .conftest import ChannelRecorder, get_json, post_chat, until_status, wait_until
+from .conftest import (
+    ChannelRecorder,
+    get_json,
+    owner_of,
+    post_chat,
+    until_status,
+    wait_until,
+)
 
 pytestmark = pytest.mark.queue
 
 STALLED_INTERVAL = 2.0
 RECOVERY_BOUND = STALLED_INTERVAL + 4.0  # SPEC: "within STALLED_INTERVAL + a few seconds"
-
-
-async def owner_of(redis, job_id: str) -> str | None:
-    claim = await redis.hget("saq:chat:running", job_id)
-    return claim.decode().split()[0] if claim else None
 
 
 async def test_a_killed_workers_job_completes_elsewhere_with_one_answer(
@@ -101,7 +103,7 @@ async def test_a_duplicate_run_never_writes_a_second_answer(procs, http, redis, 
 
         frozen.signal(signal.SIGCONT)
         await wait_until(
-            lambda: _logged(frozen, "completed after another run took it over"),
+            lambda: _logged(frozen, "after it was recovered elsewhere"),
             timeout=10,
             what="the frozen run to finish",
         )

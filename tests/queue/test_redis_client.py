@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from redis.asyncio.sentinel import SentinelConnectionPool
 
-from bioagents.redis_client import connect, parse_sentinel_url
+from bioagents.queue_mode.connect import connect, parse_sentinel_url
 
 pytestmark = pytest.mark.queue
 
