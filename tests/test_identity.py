@@ -18,6 +18,7 @@ from tests.api_support import (
 from tests.conftest import bearer, post_chat
 
 SECRET = "test-secret-0123456789abcdef0123456789"  # BASE_ENV's BIOAGENTS_SECRET
+API_KEY = "test-api-key-0123456789abcdef0123456789"
 
 
 async def post_as(client, headers: dict, **body):
@@ -54,18 +55,18 @@ async def test_a_jwt_caller_cannot_choose_another_user_id(make_client, settings_
 
 
 async def test_the_api_key_honours_the_chosen_user_id(make_client):
-    client = await make_client(AUTH_MODE="jwt")
+    client = await make_client(AUTH_MODE="jwt", BIOAGENTS_API_KEY=API_KEY)
 
-    status, by_header = await post_as(client, {"X-API-Key": SECRET, "X-User-Id": "bob"})
+    status, by_header = await post_as(client, {"X-API-Key": API_KEY, "X-User-Id": "bob"})
     assert status == 202
     assert by_header["userId"] == "bob"
 
-    status, by_body = await post_as(client, {"X-API-Key": SECRET}, userId="carol")
+    status, by_body = await post_as(client, {"X-API-Key": API_KEY}, userId="carol")
     assert status == 202
     assert by_body["userId"] == "carol"
 
     status, header_wins = await post_as(
-        client, {"X-API-Key": SECRET, "X-User-Id": "bob"}, userId="carol"
+        client, {"X-API-Key": API_KEY, "X-User-Id": "bob"}, userId="carol"
     )
     assert header_wins["userId"] == "bob"
 
