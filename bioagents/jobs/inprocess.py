@@ -26,6 +26,9 @@ from .spec import QueueSpec
 
 log = logging.getLogger(__name__)
 
+KEPT_ATTEMPT_ERRORS = 10  # a job keeps the errors of its last 10 attempts (SPEC §12)
+MAX_TRACEBACK_BYTES = 4096
+
 
 class _Queue:
     """One queue's jobs, indexed by state."""
@@ -119,7 +122,10 @@ class InProcessJobQueue(JobQueue):
     async def _attempt_failed(self, q: _Queue, job: JobInfo, attempt: Attempt, error) -> None:
         q.active.pop(job.id, None)
         message = f"{error.__class__.__name__}: {error}" if str(error) else repr(error)
-        job.errors.append(AttemptError(attempt.attempt, message, traceback.format_exc(), now()))
+        job.errors.append(
+            AttemptError(attempt.attempt, message, _cut(traceback.format_exc()), now())
+        )
+        del job.errors[:-KEPT_ATTEMPT_ERRORS]
         final = job.attempts_made >= job.max_attempts
         if final:
             job.state = JobState.FAILED
@@ -303,6 +309,16 @@ class InProcessJobQueue(JobQueue):
     async def health(self) -> dict:
         # The SPEC's health shape always names Redis; this mode does not use it.
         return {"redis": "disabled"}
+
+
+def _cut(trace: str) -> str:
+    """The traceback's last MAX_TRACEBACK_BYTES: its end names the error and where it rose."""
+    raw = trace.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_TRACEBACK_BYTES:
+        return trace
+    marker = "… (cut)\n"
+    tail = raw[-(MAX_TRACEBACK_BYTES - len(marker.encode())) :]
+    return marker + tail.decode("utf-8", "ignore")
 
 
 def _entered_state_at(job: JobInfo) -> float:
