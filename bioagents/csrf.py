@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from . import auth, forms
 from .config import Settings
 
 HEADER = "X-CSRF-Token"
@@ -24,13 +25,16 @@ class CsrfRefused(Exception):
 
 
 def signing_key(settings: Settings) -> bytes:
-    """The key tokens are signed with. Derived from the configured secrets so every `serve`
-    copy accepts the others' tokens; random per process when none is configured (the board is
-    then served to loopback clients of this one machine only)."""
-    material = f"{settings.secret}\x00{settings.admin_password}"
-    if material == "\x00":
+    """The board's own key for its tokens, shared by nothing else. With ADMIN_PASSWORD it is
+    derived from the admin's credentials (so every `serve` copy accepts the others' tokens,
+    and a new password voids old tokens) by scrypt, so a leaked token is no cheap test of
+    password guesses. Without a password it is random per process: the board is then served
+    to loopback clients of this one machine only."""
+    if not settings.admin_password:
         return secrets.token_bytes(32)
-    return hashlib.sha256(b"bioagents-csrf\x00" + material.encode()).digest()
+    salt = b"bioagents board csrf key\x00" + auth.as_bytes(settings.admin_username)
+    password = auth.as_bytes(settings.admin_password)
+    return hashlib.scrypt(password, salt=salt, n=2**14, r=8, p=1, dklen=32)
 
 
 def token_for(key: bytes, principal: str) -> str:
@@ -50,6 +54,11 @@ def own_origin(request: web.Request) -> str:
     return f"{scheme}://{request.host}".lower()
 
 
+def is_own_origin(request: web.Request, origin: str) -> bool:
+    """Whether an `Origin` header names the origin this request was sent to."""
+    return origin.strip().lower() == own_origin(request)
+
+
 def _origin_of(url: str) -> str | None:
     parts = urlsplit(url)
     if not parts.scheme or not parts.netloc:
@@ -62,7 +71,7 @@ def check_origin(request: web.Request) -> None:
     expected = own_origin(request)
     origin = request.headers.get("Origin")
     if origin is not None:
-        if origin.strip().lower() != expected:
+        if not is_own_origin(request, origin):
             raise CsrfRefused(
                 f"cross-origin POST refused: Origin {origin[:100]!r} is not the board's "
                 f"origin {expected!r}"
@@ -83,17 +92,12 @@ def check_origin(request: web.Request) -> None:
 async def check_token(request: web.Request, expected: str) -> None:
     """Raise CsrfRefused unless the request carries `expected` in the header or form field."""
     sent = request.headers.get(HEADER)
-    if sent is None and request.content_type in (
-        "application/x-www-form-urlencoded",
-        "multipart/form-data",
-    ):
-        form = await request.post()
-        value = form.get(FORM_FIELD)
-        sent = value if isinstance(value, str) else None
+    if sent is None and forms.is_form(request):
+        sent = (await forms.read_form(request)).get(FORM_FIELD)
     if not sent:
         raise CsrfRefused(
             f"missing CSRF token: send the {HEADER} header or a {FORM_FIELD} form field "
             '(every board page carries it in <meta name="csrf-token">)'
         )
-    if not hmac.compare_digest(sent.encode(), expected.encode()):
+    if not auth.same_secret(sent, expected):
         raise CsrfRefused("invalid CSRF token; reload the board page and try again")
