@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import admin, api
+from . import admin, api, security
 from .agents.llm import build_llm
 from .backends import open_backend
 from .config import Settings
@@ -30,6 +30,7 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> web.Ap
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
     app[SETTINGS] = settings
     app[RUN_WORKERS] = settings.workers_in_api if run_workers is None else run_workers
+    security.setup(app)
     app.cleanup_ctx.append(_services)
     app.on_shutdown.append(_drain_jobs)  # listening has stopped; sockets stay open meanwhile
     app.on_shutdown.append(_close_sockets)
