@@ -126,13 +126,25 @@ async def test_bad_credentials_are_401(make_client, settings_for):
         "HS512": jwt.encode({"sub": "alice", "exp": now + 60}, SECRET, "HS512"),
         "alg none": jwt.encode({"sub": "alice", "exp": now + 60}, None, "none"),
         "garbage": "not.a.jwt",
+        "exp a string": jwt.encode({"sub": "alice", "exp": str(now + 60)}, SECRET, "HS256"),
+        "exp of 400 digits": jwt.encode({"sub": "alice", "exp": int("9" * 400)}, SECRET, "HS256"),
+        "exp infinite": jwt.encode({"sub": "alice", "exp": 1e999}, SECRET, "HS256"),
+        "sub a number": jwt.encode({"sub": 7, "exp": now + 60}, SECRET, "HS256"),
+        "sub with control characters": jwt.encode(
+            {"sub": "ali\x1bce", "exp": now + 60}, SECRET, "HS256"
+        ),
+        "sub empty": jwt.encode({"sub": "", "exp": now + 60}, SECRET, "HS256"),
     }
     for name, token in tokens.items():
         status, body = await post_as(client, {"Authorization": f"Bearer {token}"})
         assert status == 401, name
         assert body["ok"] is False and body["error"], name
 
-    for headers in ({"Authorization": "Basic YWxpY2U6eA=="}, {"X-API-Key": "wrong-key"}):
+    for headers in (
+        {"Authorization": "Basic YWxpY2U6eA=="},
+        {"X-API-Key": "wrong-key"},
+        {"X-API-Key": SECRET},  # the JWT secret is no API key
+    ):
         status, _ = await post_as(client, headers)
         assert status == 401, headers
     assert message_rows(settings) == []
