@@ -13,7 +13,7 @@ from aiohttp import web
 from . import auth, forms, job_actions, store
 from .db import Message
 from .errors import ApiError
-from .jobs.base import JobInfo, JobState
+from .jobs.base import JobState
 from .jobs.handler import job_data
 from .jobs.spec import CHAT, DEEP_RESEARCH
 from .keys import BACKEND, DB, JOBS, SETTINGS
@@ -359,7 +359,7 @@ async def _retry(request: web.Request, queue: str) -> web.Response:
     message = await _owned_message(request, "jobId", queue, identity)
     jobs, db = request.app[JOBS], request.app[DB]
     job = await jobs.get(queue, message.id)
-    await _check_retryable(request, message, job)
+    await job_actions.check_retryable(db, message, job)  # before it counts against the limit
     headers = await _rate_limit(request, queue, identity)
     if job is None:
         await job_actions.enqueue_again(jobs, db, message)
@@ -368,17 +368,6 @@ async def _retry(request: web.Request, queue: str) -> web.Response:
         previous = (await job_actions.retry(jobs, db, queue, message.id)).previous_attempts
     body = {"ok": True, "jobId": message.id, "status": "retrying", "previousAttempts": previous}
     return json_response(body, headers=headers)
-
-
-async def _check_retryable(request: web.Request, message: Message, job: JobInfo | None) -> None:
-    if job is not None:
-        if job.state is not JobState.FAILED:
-            raise ApiError(400, f"only failed jobs can be retried; this one is {job.state.value}")
-        return
-    if message.status != Message.FAILED:
-        raise ApiError(400, f"the job is not failed (message is {message.status})")
-    if await request.app[DB].run(store.was_removed, message.id):
-        raise ApiError(404, "job not found: an admin removed it", status="not_found")
 
 
 async def retry_chat(request: web.Request) -> web.Response:

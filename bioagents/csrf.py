@@ -9,12 +9,12 @@ import base64
 import hashlib
 import hmac
 import secrets
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from . import auth, forms
 from .config import Settings
+from .origins import is_own_origin, origin_of, own_origin
 
 HEADER = "X-CSRF-Token"
 FORM_FIELD = "csrf_token"
@@ -43,29 +43,6 @@ def token_for(key: bytes, principal: str) -> str:
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def own_origin(request: web.Request) -> str:
-    """The origin the board is served from, as a browser spells it in `Origin`.
-
-    `X-Forwarded-Proto` is honoured because a TLS-terminating proxy (Heroku's router) talks
-    plain HTTP to us; trusting it is safe here since a forged value cannot make a foreign
-    page's Origin equal our host."""
-    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    scheme = forwarded if forwarded in ("http", "https") else request.scheme
-    return f"{scheme}://{request.host}".lower()
-
-
-def is_own_origin(request: web.Request, origin: str) -> bool:
-    """Whether an `Origin` header names the origin this request was sent to."""
-    return origin.strip().lower() == own_origin(request)
-
-
-def _origin_of(url: str) -> str | None:
-    parts = urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        return None
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
 def check_origin(request: web.Request) -> None:
     """Raise CsrfRefused unless Origin (or, without one, Referer) is the board's origin."""
     expected = own_origin(request)
@@ -82,7 +59,7 @@ def check_origin(request: web.Request) -> None:
         raise CsrfRefused(
             "a board POST must carry an Origin (or Referer) header naming the board's origin"
         )
-    if _origin_of(referer) != expected:
+    if origin_of(referer) != expected:
         raise CsrfRefused(
             f"cross-origin POST refused: Referer {referer[:100]!r} is not on the board's "
             f"origin {expected!r}"

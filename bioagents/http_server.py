@@ -18,11 +18,13 @@ from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooL
 from aiohttp.web_protocol import RequestHandler
 
 from .responses import json_response
-from .security import API_HEADERS, SERVER_NAME
+from .security import API_HEADERS, BOARD_HEADERS, SERVER_NAME
 
 log = logging.getLogger(__name__)
 
 TOO_MANY_HEADERS = "Too many headers received"
+# A refused request's path is unknown: it gets the headers of the API and of the board.
+REFUSAL_HEADERS = {**BOARD_HEADERS, **API_HEADERS, "Server": SERVER_NAME}
 
 
 def _refusal(error: HttpProcessingError) -> tuple[int, str]:
@@ -55,7 +57,7 @@ class JsonErrorRequestHandler(RequestHandler):
         else:
             sentence = message or "the request could not be answered"
         body = {"ok": False, "error": sentence}
-        response = json_response(body, status, {**API_HEADERS, "Server": SERVER_NAME})
+        response = json_response(body, status, REFUSAL_HEADERS)
         response.force_close()
         return response
 

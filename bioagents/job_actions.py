@@ -48,12 +48,23 @@ async def retry(jobs: JobQueue, db: Database, queue: str, job_id: str) -> Retrie
     return Retried(retried, previous)
 
 
-async def enqueue_again(jobs: JobQueue, db: Database, message: Message) -> None:
-    """Retry a FAILED message whose job the queue no longer holds (an in-process restart, or
-    retention). Raises JobNotFound when an admin removed the job; the message stays FAILED
-    when the queue refuses it."""
+async def check_retryable(db: Database, message: Message, job: JobInfo | None) -> None:
+    """An owner's retry applies to a failed job, or, when the queue no longer holds it (an
+    in-process restart, retention), to a FAILED message, unless an admin removed the job.
+    Raises InvalidJobState or JobNotFound."""
+    if job is not None:
+        if job.state is not JobState.FAILED:
+            raise InvalidJobState(f"only failed jobs can be retried; this one is {job.state.value}")
+        return
+    if message.status != Message.FAILED:
+        raise InvalidJobState(f"only failed jobs can be retried; this message is {message.status}")
     if await db.run(store.was_removed, message.id):
         raise JobNotFound(f"job {message.id} was removed by an admin")
+
+
+async def enqueue_again(jobs: JobQueue, db: Database, message: Message) -> None:
+    """Retry a FAILED message whose job the queue no longer holds (see `check_retryable`); the
+    message stays FAILED when the queue refuses it."""
     await db.run(store.reopen_message, message.id)
     try:
         await jobs.enqueue(message.queue, message.id, job_data(message, time.time()))

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import board_auth, csrf, forms, hosts
+from . import board_auth, forms, hosts, origins
 from .config import Settings
 from .errors import ApiError
 from .keys import SETTINGS
 
 SERVER_NAME = "bioagents"  # replaces aiohttp's "Python/3.x aiohttp/3.x"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-NOT_A_BROWSER_PAGE = ("", "same-origin", "none")  # Sec-Fetch-Site values a form may carry
+# A form's Sec-Fetch-Site: none sent (not a browser), our own page, or typed by the user.
+FORM_FETCH_SITES = ("", "same-origin", "none")
 API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 BOARD_HEADERS = {**board_auth.SECURITY_HEADERS, "Cache-Control": "no-store"}
 
@@ -51,13 +52,12 @@ def host_served(authority: str, allowed: tuple[str, ...]) -> bool:
 async def host_guard(request: web.Request, handler):
     """421 for a `Host` this server does not answer to (defeats DNS rebinding)."""
     settings = request.app[SETTINGS]
-    if _host_checked(request.path, settings) and not host_served(
-        request.host, settings.allowed_hosts
-    ):
+    host = origins.sent_host(request)
+    if _host_checked(request.path, settings) and not host_served(host, settings.allowed_hosts):
         raise ApiError(
             421,
-            f"this server does not answer to the host {request.host[:100]!r}: only loopback "
-            "names and the names in ALLOWED_HOSTS are served here",
+            f"this server does not answer to the host {host[:100]!r}: only loopback names "
+            "and the names in ALLOWED_HOSTS are served here",
         )
     return await handler(request)
 
@@ -76,11 +76,11 @@ def cross_site_refusal(request: web.Request) -> str | None:
     """Why a browser request from another site is refused, or None when it is not one."""
     origin = request.headers.get("Origin")
     fetch_site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
-    if origin is not None and not csrf.is_own_origin(request, origin):
+    if origin is not None and not origins.is_own_origin(request, origin):
         return f"cross-site request refused: Origin {origin[:100]!r} is not this server's origin"
     if fetch_site == "cross-site":
         return "cross-site request refused (Sec-Fetch-Site: cross-site)"
-    if forms.is_form(request) and origin is None and fetch_site not in NOT_A_BROWSER_PAGE:
+    if forms.is_form(request) and origin is None and fetch_site not in FORM_FETCH_SITES:
         return (
             f"a form is accepted only from this server's own pages or from clients that are "
             f"not browsers (Sec-Fetch-Site: {fetch_site[:20]})"
