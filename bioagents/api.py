@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -399,7 +400,7 @@ async def health(request: web.Request) -> web.Response:
             failing.append("redis")
         elif not any(workers.values()):
             failing.append("workers")
-    body = {
+    body: dict[str, Any] = {
         "status": "degraded" if failing else "ok",
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "database": "connected" if database_ok else "unreachable",

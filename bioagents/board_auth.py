@@ -9,6 +9,7 @@ import binascii
 import collections
 import ipaddress
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -54,7 +55,7 @@ class SignInBrake:
     BLOCK = 60.0
     MAX_TRACKED = 10_000  # addresses remembered before stale ones are swept
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._failures: dict[str, collections.deque[float]] = {}
         self._blocked_until: dict[str, float] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from . import hosts
@@ -53,7 +54,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         """Build and validate settings; raises ConfigError naming the bad variable."""
         env = os.environ if environ is None else environ
-        values = dict(
+        values: dict[str, Any] = dict(
             use_job_queue=env.get("USE_JOB_QUEUE", "false").strip().lower() in TRUE_WORDS,
             redis_url=_redis_url(env),
             database_url=env.get("DATABASE_URL", cls.database_url),

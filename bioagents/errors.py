@@ -38,7 +38,7 @@ class ApiError(Exception):
 
 
 # The domain's errors say what went wrong in a sentence a caller may read.
-STATUS_OF = (
+STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (UnknownQueue, 404),
     (JobNotFound, 404),
     (NotOwned, 404),
@@ -46,7 +46,7 @@ STATUS_OF = (
     (AuthError, 401),
 )
 # A part that cannot be reached: answered 503 naming the part, never its address or error text.
-UNAVAILABLE_PART = (
+UNAVAILABLE_PART: tuple[tuple[type[Exception], str], ...] = (
     (QueueUnavailable, "redis"),
     (pw.OperationalError, "database"),
     (pw.InterfaceError, "database"),
