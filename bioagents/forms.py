@@ -4,6 +4,7 @@ undecodable bytes, an unknown charset, no boundary, a truncated body — answere
 from __future__ import annotations
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import ApiError
 
@@ -22,6 +23,10 @@ async def read_form(request: web.Request) -> dict[str, str]:
         raise ApiError(400, "the form names a charset this server does not know") from None
     except UnicodeDecodeError:
         raise ApiError(400, "the form holds bytes that are not valid in its charset") from None
-    except ValueError:
+    except (ValueError, HttpProcessingError):  # a part's headers are parsed as HTTP's are
         raise ApiError(400, "the multipart body is malformed (no boundary, or cut short)") from None
+    except RuntimeError:  # aiohttp's word for a part's unknown transfer or content encoding
+        raise ApiError(
+            400, "a multipart part names an encoding this server does not know"
+        ) from None
     return {key: value for key, value in form.items() if isinstance(value, str)}
