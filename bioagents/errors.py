@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import peewee as pw
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from .auth import AuthError
 from .jobs.base import InvalidJobState, JobNotFound, QueueUnavailable, UnknownQueue
@@ -51,6 +52,8 @@ UNAVAILABLE_PART: tuple[tuple[type[Exception], str], ...] = (
     (pw.OperationalError, "database"),
     (pw.InterfaceError, "database"),
 )
+# aiohttp could not decode the body (a Content-Encoding or chunking that lies).
+UNREADABLE_BODY = (RequestPayloadError,)
 HEADERS_OF = {401: {"WWW-Authenticate": "Bearer"}}
 
 REASONS = {
@@ -75,6 +78,10 @@ def unavailable(part: str) -> ApiError:
 
 
 def _from_domain(request: web.Request, error: Exception) -> ApiError | None:
+    if isinstance(error, UNREADABLE_BODY):
+        return ApiError(
+            400, "the body cannot be decoded: its Content-Encoding or chunking is broken"
+        )
     for kind, status in STATUS_OF:
         if isinstance(error, kind):
             return ApiError(status, str(error), HEADERS_OF.get(status))

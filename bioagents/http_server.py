@@ -12,10 +12,11 @@ import asyncio
 import logging
 import signal
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from .responses import json_response
 from .security import API_HEADERS, BOARD_HEADERS, SERVER_NAME
@@ -36,6 +37,15 @@ def _refusal(error: HttpProcessingError) -> tuple[int, str]:
 
 class JsonErrorRequestHandler(RequestHandler):
     __slots__ = ()
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        """A body that cannot be decoded, found while aiohttp drains what a handler left
+        unread, is the client's fault: one WARNING line, not a traceback."""
+        error = kw.get("exc_info")
+        if isinstance(error, RequestPayloadError | HttpProcessingError):
+            log.warning("could not read a request's body: %s", error.__class__.__name__)
+            return
+        super().log_exception(*args, **kw)
 
     def handle_error(
         self,

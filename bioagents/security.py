@@ -1,9 +1,10 @@
 """Safe by default at the HTTP edge (SPEC §12): which `Host` names are answered, which
-cross-site requests are refused, and the headers every response carries."""
+cross-site requests are refused, which socket handshakes are read at all, and the headers
+every response carries."""
 
 from __future__ import annotations
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from . import board_auth, forms, hosts, origins
 from .config import Settings
@@ -14,6 +15,15 @@ SERVER_NAME = "bioagents"  # replaces aiohttp's "Python/3.x aiohttp/3.x"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # A form's Sec-Fetch-Site: none sent (not a browser), our own page, or typed by the user.
 FORM_FETCH_SITES = ("", "same-origin", "none")
+SOCKET_PATH = "/api/ws"
+# aiohttp's handshake refusals echo these in their text, which fails (a 500) on non-ASCII bytes.
+HANDSHAKE_HEADERS = (
+    hdrs.UPGRADE,
+    hdrs.CONNECTION,
+    hdrs.SEC_WEBSOCKET_KEY,
+    hdrs.SEC_WEBSOCKET_VERSION,
+    hdrs.SEC_WEBSOCKET_PROTOCOL,
+)
 API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 BOARD_HEADERS = {**board_auth.SECURITY_HEADERS, "Cache-Control": "no-store"}
 
@@ -48,10 +58,8 @@ def host_served(authority: str, allowed: tuple[str, ...]) -> bool:
     return name is not None and (hosts.is_loopback(name) or name in allowed)
 
 
-@web.middleware
-async def host_guard(request: web.Request, handler):
+def _check_host(request: web.Request, settings: Settings) -> None:
     """421 for a `Host` this server does not answer to (defeats DNS rebinding)."""
-    settings = request.app[SETTINGS]
     host = origins.sent_host(request)
     if _host_checked(request.path, settings) and not host_served(host, settings.allowed_hosts):
         raise ApiError(
@@ -59,7 +67,6 @@ async def host_guard(request: web.Request, handler):
             f"this server does not answer to the host {host[:100]!r}: only loopback names "
             "and the names in ALLOWED_HOSTS are served here",
         )
-    return await handler(request)
 
 
 # --- cross-site requests -----------------------------------------------------------------------
@@ -88,16 +95,33 @@ def cross_site_refusal(request: web.Request) -> str | None:
     return None
 
 
-@web.middleware
-async def cross_site_guard(request: web.Request, handler):
+def _check_cross_site(request: web.Request, settings: Settings) -> None:
     """403 for a state-changing API request (or socket) that another site's page sent."""
     if is_api(request.path) and (
-        request.method in STATE_CHANGING
-        or _opens_socket_on_network_trust(request, request.app[SETTINGS])
+        request.method in STATE_CHANGING or _opens_socket_on_network_trust(request, settings)
     ):
         refusal = cross_site_refusal(request)
         if refusal is not None:
             raise ApiError(403, refusal)
+
+
+def _check_handshake(request: web.Request) -> None:
+    """400 for a socket handshake whose headers aiohttp could not even quote back."""
+    if request.path == SOCKET_PATH and any(
+        not value.isascii()
+        for name in HANDSHAKE_HEADERS
+        for value in request.headers.getall(name, ())
+    ):
+        raise ApiError(400, "the WebSocket handshake's headers must be ASCII")
+
+
+@web.middleware
+async def edge_guard(request: web.Request, handler):
+    """The Host rule (421), then cross-site refusal (403), then the socket handshake (400)."""
+    settings = request.app[SETTINGS]
+    _check_host(request, settings)
+    _check_cross_site(request, settings)
+    _check_handshake(request)
     return await handler(request)
 
 
@@ -121,5 +145,5 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
 
 
 def setup(app: web.Application) -> None:
-    app.middlewares.extend([host_guard, cross_site_guard])
+    app.middlewares.append(edge_guard)
     app.on_response_prepare.append(add_security_headers)

@@ -80,13 +80,16 @@ def assert_quiet(log: str, requests: int) -> None:
     assert len(warnings) <= requests, warnings
 
 
-async def raw_request(port: int, head: bytes, body: bytes = b"") -> tuple[int, dict, bytes]:
+async def raw_request(
+    port: int, head: bytes, body: bytes = b"", *, chunked: bool = False
+) -> tuple[int, dict, bytes]:
     """Send exactly these bytes: `head` is the request line and header lines, each ending in
-    CRLF; Content-Length and Connection: close follow, then `body`. Returns the status, the
-    headers (lower-cased names) and the body of the answer."""
+    CRLF; Content-Length (unless `chunked`: `body` is then sent as it is) and Connection: close
+    follow, then `body`. Returns the status, the headers (lower-cased names) and the body of
+    the answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        length = f"Content-Length: {len(body)}\r\n".encode() if body else b""
+        length = f"Content-Length: {len(body)}\r\n".encode() if body and not chunked else b""
         writer.write(head + length + b"Connection: close\r\n\r\n" + body)
         await writer.drain()
         answer = await asyncio.wait_for(reader.read(), timeout=10)

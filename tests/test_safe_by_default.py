@@ -215,11 +215,18 @@ def _bearer(claims: dict) -> bytes:
     return f"Authorization: Bearer {_signed(claims)}\r\n".encode()
 
 
+def as_json_head(port: int) -> bytes:
+    return (
+        f"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n".encode()
+        + b"Content-Type: application/json\r\n"
+    )
+
+
 def _bad_requests(port: int) -> dict[str, tuple[bytes, bytes, set[int]]]:
     """name → (request head, body, acceptable statuses), each exactly as the review sent it."""
     host = f"Host: 127.0.0.1:{port}\r\n".encode()
     post = b"POST /api/chat HTTP/1.1\r\n" + host
-    as_json = post + b"Content-Type: application/json\r\n"
+    as_json = as_json_head(port)
     urlencoded = post + b"Content-Type: application/x-www-form-urlencoded"
     multipart = post + b"Content-Type: multipart/form-data; boundary=XX\r\n"
     part = b'--XX\r\nContent-Disposition: form-data; name="message"\r\n'
@@ -262,6 +269,11 @@ def _bad_requests(port: int) -> dict[str, tuple[bytes, bytes, set[int]]]:
             {401},
         ),
         "non-ASCII bearer token": (as_json + b"Authorization: Bearer \xff\xfe.a.b\r\n", hi, {401}),
+        "a Content-Encoding the body does not have": (
+            as_json + b"Content-Encoding: gzip\r\n",
+            b"not gzip at all",
+            {400},
+        ),
         "oversized header": (health + b"X-Padding: " + b"a" * 10_000 + b"\r\n", b"", {431}),
         "too many headers": (
             health + b"".join(b"X-H%d: v\r\n" % i for i in range(200)),
@@ -284,7 +296,12 @@ async def test_5_malformed_requests_are_json_4xx_with_at_most_one_warning_line(s
         answer = json.loads(content)
         assert answer["ok"] is False and answer["error"], name
 
-    assert_quiet(server.log_since(mark), len(cases))
+    chunked = as_json_head(server.port) + b"Transfer-Encoding: chunked\r\n"
+    for broken in (b"zz\r\nhi\r\n0\r\n\r\n", b"ffffffffffffffffff\r\nhi\r\n"):
+        status, headers, content = await raw_request(server.port, chunked, broken, chunked=True)
+        assert status == 400 and json.loads(content)["ok"] is False, (broken, content)
+
+    assert_quiet(server.log_since(mark), len(cases) + 2)
     assert server.rows("messages") == []
     status, _, _ = await raw_request(
         server.port,
