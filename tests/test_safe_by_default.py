@@ -232,6 +232,7 @@ def _bad_requests(port: int) -> dict[str, tuple[bytes, bytes, set[int]]]:
     part = b'--XX\r\nContent-Disposition: form-data; name="message"\r\n'
     hi = b'{"message":"hi"}'
     health = b"GET /api/health HTTP/1.1\r\n" + host
+    socket = b"GET /api/ws HTTP/1.1\r\n" + host + b"Connection: Upgrade\r\n"
     listing = f"GET /api/conversations/{uuid.uuid4()}/messages".encode()
     later = int(time.time()) + 60
     return {
@@ -272,6 +273,17 @@ def _bad_requests(port: int) -> dict[str, tuple[bytes, bytes, set[int]]]:
         "a Content-Encoding the body does not have": (
             as_json + b"Content-Encoding: gzip\r\n",
             b"not gzip at all",
+            {400},
+        ),
+        "socket handshake with non-ASCII Upgrade": (
+            socket + b"Upgrade: web\xc5socket\r\n",
+            b"",
+            {400},
+        ),
+        "socket handshake with non-ASCII key": (
+            socket
+            + b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: \xff\xfe\r\n",
+            b"",
             {400},
         ),
         "oversized header": (health + b"X-Padding: " + b"a" * 10_000 + b"\r\n", b"", {431}),
