@@ -1,7 +1,11 @@
-"""DNS rebinding, as the review reproduced it in Chromium (SPEC §12): a page on the attacker's
-name, which the attacker's DNS then points at 127.0.0.1, runs in the browser of someone whose
-board has no password. Chromium's host resolver maps the name to 127.0.0.1 here; the page's
-scripts then reach the real `serve`, naming the attacker's host, and read and change nothing."""
+"""Two of the review's attacks as it reproduced them in Chromium (SPEC §12), against the
+default set-up it attacked: no ADMIN_PASSWORD, AUTH_MODE=none, serve on loopback.
+
+DNS rebinding: a page on the attacker's name, which the attacker's DNS then points at
+127.0.0.1, runs in the browser of someone whose board has no password. Chromium's host
+resolver maps the name to 127.0.0.1 here; the page's scripts then reach the real `serve`,
+naming the attacker's host, and read and change nothing. Cross-site forms: a page on another
+site auto-submits a form to /api/chat in a victim's name, and creates no job."""
 
 from __future__ import annotations
 
@@ -102,3 +106,32 @@ def test_a_page_on_a_rebound_name_reads_and_changes_nothing(rebinding_browser, p
         queues = json.load(response)["queues"]
     assert [queue["isPaused"] for queue in queues] == [False, False]
     assert sum(queue["counts"]["waiting"] + queue["counts"]["completed"] for queue in queues) == 0
+
+
+def test_another_sites_auto_submitting_form_creates_no_job(rebinding_browser, passwordless_serve):
+    """Finding 2 as reported: a page on another site auto-submits a form to /api/chat."""
+    port = passwordless_serve
+    target = f"http://127.0.0.1:{port}/api/chat"
+    attack_page = f"""<!doctype html><form id=f method=post action="{target}">
+        <input name=message value="sent in your name"><input name=userId value=victim></form>
+        <script>document.getElementById("f").submit()</script>"""
+    page = rebinding_browser.new_context().new_page()
+    page.route(
+        "http://attacker.example/",
+        lambda route: route.fulfill(body=attack_page, content_type="text/html"),
+    )
+    try:
+        with page.expect_response(target) as answered:
+            page.goto("http://attacker.example/")
+        response = answered.value
+        sent = response.request.all_headers()
+        status, body = response.status, response.json()
+    finally:
+        page.context.close()
+
+    assert sent["origin"] == "http://attacker.example"
+    assert sent.get("sec-fetch-site", "cross-site") == "cross-site"  # sent over HTTPS only
+    assert status == 403 and body["ok"] is False
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/queues/api/queues") as listed:
+        queues = json.load(listed)["queues"]
+    assert sum(sum(queue["counts"].values()) for queue in queues) == 0
