@@ -21,6 +21,7 @@ from tests import serve_support
 from tests.admin_support import FAIL_MARK
 from tests.queue.conftest import ROOT, free_port
 from tests.serve_support import API_KEY, MODES, SECRET, assert_quiet, raw_request
+from tests.test_cli import clean_env
 
 BOARD_API = "/admin/queues/api/queues"
 served = serve_support.served  # the fixture
@@ -328,18 +329,6 @@ async def test_5_malformed_requests_are_json_4xx_with_at_most_one_warning_line(s
 # --- 6. weak and shared secrets -------------------------------------------------------------------
 
 
-def _serve_exit(env: dict[str, str]) -> subprocess.CompletedProcess:
-    from tests.test_cli import clean_env
-
-    return subprocess.run(
-        [sys.executable, str(ROOT / "bioagents.py"), "serve", "--port", str(free_port())],
-        env={**clean_env(ROOT), **env},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-
-
 @pytest.mark.parametrize(
     "env, variable",
     [
@@ -348,11 +337,18 @@ def _serve_exit(env: dict[str, str]) -> subprocess.CompletedProcess:
         ({"BIOAGENTS_API_KEY": "k"}, "BIOAGENTS_API_KEY"),
     ],
 )
-def test_6_a_secret_shorter_than_32_bytes_stops_serve(env, variable):
-    result = _serve_exit({**env, "DATABASE_URL": "sqlite:///:memory:"})
+def test_6_a_secret_shorter_than_32_bytes_stops_serve(tmp_path, env, variable):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bioagents.py"), "serve", "--port", str(free_port())],
+        env={**clean_env(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and variable in lines[0] and "32 bytes" in lines[0], result.stderr
+    assert not (tmp_path / "cli.db").exists()  # stopped before touching anything
 
 
 @pytest.mark.parametrize("mode", MODES)
