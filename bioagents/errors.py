@@ -73,7 +73,7 @@ UNAVAILABLE_SENTENCE = {
 }
 
 
-def unavailable(part: str) -> ApiError:
+def _unavailable(part: str) -> ApiError:
     return ApiError(503, UNAVAILABLE_SENTENCE[part], failing=[part])
 
 
@@ -88,7 +88,7 @@ def _from_domain(request: web.Request, error: Exception) -> ApiError | None:
     for kind, part in UNAVAILABLE_PART:
         if isinstance(error, kind):
             log.warning("%s unavailable on %s %s: %s", part, request.method, request.path, error)
-            return unavailable(part)
+            return _unavailable(part)
     return None
 
 

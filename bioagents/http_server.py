@@ -35,6 +35,22 @@ def _refusal(error: HttpProcessingError) -> tuple[int, str]:
     return 400, "the request is not well-formed HTTP"
 
 
+def _answer(
+    request: web.BaseRequest, status: int, exc: BaseException | None, message: str | None
+) -> tuple[int, str]:
+    """The status and sentence for a request answered outside the app, logged once."""
+    if isinstance(exc, HttpProcessingError):
+        status, sentence = _refusal(exc)
+        # Scanners and TLS probes send garbage as their first request: not worth a WARNING.
+        level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.WARNING
+        log.log(level, "refused a request from %s: %s", request.remote, sentence)
+        return status, sentence
+    if status == 500:
+        log.error("unhandled error outside the handlers", exc_info=exc)
+        return status, "internal error; the server log has the details"
+    return status, message or "the request could not be answered"
+
+
 class JsonErrorRequestHandler(RequestHandler):
     __slots__ = ()
 
@@ -56,18 +72,8 @@ class JsonErrorRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if request.writer.output_size > 0:  # as aiohttp: too late for another response
             raise ConnectionError("a response is already on its way; cannot send an error")
-        if isinstance(exc, HttpProcessingError):
-            status, sentence = _refusal(exc)
-            # Scanners and TLS probes send garbage as their first request: not worth a WARNING.
-            level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.WARNING
-            log.log(level, "refused a request from %s: %s", request.remote, sentence)
-        elif status == 500:
-            log.error("unhandled error outside the handlers", exc_info=exc)
-            sentence = "internal error; the server log has the details"
-        else:
-            sentence = message or "the request could not be answered"
-        body = {"ok": False, "error": sentence}
-        response = json_response(body, status, REFUSAL_HEADERS)
+        status, sentence = _answer(request, status, exc, message)
+        response = json_response({"ok": False, "error": sentence}, status, REFUSAL_HEADERS)
         response.force_close()
         return response
 
