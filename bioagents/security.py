@@ -13,9 +13,10 @@ from .keys import SETTINGS
 
 SERVER_NAME = "bioagents"  # replaces aiohttp's "Python/3.x aiohttp/3.x"
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# A form's Sec-Fetch-Site: none sent (not a browser), our own page, or typed by the user.
+# Sec-Fetch-Site values a form may carry: absent (not a browser), our own page's, or "none"
+# (the user's own navigation, which no page can cause).
 FORM_FETCH_SITES = ("", "same-origin", "none")
-SOCKET_PATH = "/api/ws"
+SOCKET_PATH = "/api/ws"  # app.py's WebSocket route
 # aiohttp's handshake refusals echo these in their text, which fails (a 500) on non-ASCII bytes.
 HANDSHAKE_HEADERS = (
     hdrs.UPGRADE,
@@ -28,7 +29,7 @@ API_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 BOARD_HEADERS = {**board_auth.SECURITY_HEADERS, "Cache-Control": "no-store"}
 
 
-def is_api(path: str) -> bool:
+def _is_api(path: str) -> bool:
     return path.startswith("/api/")
 
 
@@ -46,12 +47,12 @@ def _host_checked(path: str, settings: Settings) -> bool:
     restricts the Host."""
     if settings.allowed_hosts:
         return True
-    if is_api(path):
+    if _is_api(path):
         return settings.auth_mode == "none"
     return _is_board(path) and not settings.admin_password
 
 
-def host_served(authority: str, allowed: tuple[str, ...]) -> bool:
+def _host_served(authority: str, allowed: tuple[str, ...]) -> bool:
     if hosts.ANY_HOST in allowed:
         return True
     name = hosts.host_name(authority)
@@ -61,7 +62,7 @@ def host_served(authority: str, allowed: tuple[str, ...]) -> bool:
 def _check_host(request: web.Request, settings: Settings) -> None:
     """421 for a `Host` this server does not answer to (defeats DNS rebinding)."""
     host = origins.sent_host(request)
-    if _host_checked(request.path, settings) and not host_served(host, settings.allowed_hosts):
+    if _host_checked(request.path, settings) and not _host_served(host, settings.allowed_hosts):
         raise ApiError(
             421,
             f"this server does not answer to the host {host[:100]!r}: only loopback names "
@@ -97,7 +98,7 @@ def cross_site_refusal(request: web.Request) -> str | None:
 
 def _check_cross_site(request: web.Request, settings: Settings) -> None:
     """403 for a state-changing API request (or socket) that another site's page sent."""
-    if is_api(request.path) and (
+    if _is_api(request.path) and (
         request.method in STATE_CHANGING or _opens_socket_on_network_trust(request, settings)
     ):
         refusal = cross_site_refusal(request)
@@ -134,7 +135,7 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
     headers = response.headers
     headers["Server"] = SERVER_NAME
     headers.setdefault("X-Content-Type-Options", "nosniff")
-    if is_api(request.path):
+    if _is_api(request.path):
         extra = API_HEADERS
     elif board_auth.guards(request.path):
         extra = BOARD_HEADERS
