@@ -65,22 +65,22 @@ def _install_uvloop() -> None:
 
 
 def _serve(settings: Settings, args) -> int:
-    from aiohttp import web
-
     from bioagents.app import create_app
+    from bioagents.http_server import serve_until_stopped
 
     _install_uvloop()
     host = args.host or settings.host
     port = args.port if args.port is not None else settings.port
     run_workers = True if args.with_worker else None
     app = create_app(settings, run_workers=run_workers)
-    web.run_app(
+    serving = serve_until_stopped(
         app,
         host=host,
         port=port,
-        print=lambda text: print(text, flush=True),
         shutdown_timeout=max(5.0, settings.shutdown_grace_seconds),
+        print=lambda text: print(text, flush=True),
     )
+    asyncio.run(serving)
     return 0
 
 

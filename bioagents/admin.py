@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import math
 import time
 from urllib.parse import quote, urlencode
@@ -17,21 +16,12 @@ from urllib.parse import quote, urlencode
 import orjson
 from aiohttp import web
 
-from . import board_auth, board_templates, job_actions
+from . import board_auth, board_templates, forms, job_actions
 from .board_templates import fragment_response, live, page_response
 from .errors import ApiError
-from .jobs.base import (
-    STATES,
-    InvalidJobState,
-    JobInfo,
-    JobNotFound,
-    JobQueue,
-    JobState,
-    QueueCounts,
-    QueueUnavailable,
-    UnknownQueue,
-)
+from .jobs.base import STATES, JobInfo, JobQueue, JobState, QueueCounts
 from .keys import DB, JOBS, NOTIFIER
+from .responses import json_response
 
 BASE = "/admin/queues"
 API = f"{BASE}/api/queues"
@@ -177,25 +167,6 @@ async def _job_or_404(jobs: JobQueue, queue: str, job_id: str) -> JobInfo:
     return job
 
 
-def _interface_errors(handler):
-    """Answer the job-queue interface's errors as the JSON the SPEC asks for."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except UnknownQueue as error:
-            raise ApiError(404, str(error)) from None
-        except JobNotFound as error:
-            raise ApiError(404, str(error)) from None
-        except InvalidJobState as error:
-            raise ApiError(400, str(error)) from None
-        except QueueUnavailable as error:
-            raise ApiError(503, f"the job queue is unavailable: {error}") from None
-
-    return wrapped
-
-
 # --- pages and fragments ---------------------------------------------------------------------
 
 
@@ -211,14 +182,12 @@ def _common(request: web.Request, **context) -> dict:
 OVERVIEW_FRAGMENT = f"{BASE}/fragments/overview"
 
 
-@_interface_errors
 async def overview_page(request: web.Request) -> web.Response:
     context = _common(request, queues=await _summaries(request.app[JOBS]))
     cards = live(request, "_cards.html", "overview-live", OVERVIEW_FRAGMENT, **context)
     return page_response(request, "overview.html", live_cards=cards, **context)
 
 
-@_interface_errors
 async def overview_fragment(request: web.Request) -> web.Response:
     context = _common(request, queues=await _summaries(request.app[JOBS]))
     return fragment_response(request, "_cards.html", "overview-live", OVERVIEW_FRAGMENT, **context)
@@ -239,7 +208,6 @@ def _list_fragment_url(queue: str, state: JobState, page: int) -> str:
     return f"{BASE}/fragments/queue/{_q(queue)}?{query}"
 
 
-@_interface_errors
 async def queue_page(request: web.Request) -> web.Response:
     context = await _list_context(request)
     listing = context["listing"]
@@ -248,7 +216,6 @@ async def queue_page(request: web.Request) -> web.Response:
     return page_response(request, "queue.html", live_jobs=jobs, **context)
 
 
-@_interface_errors
 async def queue_fragment(request: web.Request) -> web.Response:
     context = await _list_context(request)
     listing = context["listing"]
@@ -260,7 +227,6 @@ def _job_fragment_url(queue: str, job_id: str) -> str:
     return f"{BASE}/fragments/queue/{_q(queue)}/{_q(job_id)}"
 
 
-@_interface_errors
 async def job_page(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     jobs = request.app[JOBS]
@@ -271,7 +237,6 @@ async def job_page(request: web.Request) -> web.Response:
     return page_response(request, "job.html", live_job=detail, **context)
 
 
-@_interface_errors
 async def job_fragment(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     jobs = request.app[JOBS]
@@ -283,7 +248,6 @@ async def job_fragment(request: web.Request) -> web.Response:
     return fragment_response(request, "_job.html", "job-live", url, **context)
 
 
-@_interface_errors
 async def jump(request: web.Request) -> web.Response:
     """Find a job by id in any queue and open its page."""
     job_id = request.query.get("id", "").strip()[:MAX_JOB_ID]
@@ -304,14 +268,6 @@ async def trailing_slash(request: web.Request) -> web.Response:
 # --- JSON API ----------------------------------------------------------------------------------
 
 
-def _json(body: dict, status: int = 200, headers: dict | None = None) -> web.Response:
-    headers = {"Cache-Control": "no-store", **(headers or {})}
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
-
-
-@_interface_errors
 async def api_queues(request: web.Request) -> web.Response:
     jobs = request.app[JOBS]
     status = request.query.get("status")
@@ -325,14 +281,13 @@ async def api_queues(request: web.Request) -> web.Response:
         for body, listing in zip(queues, pages, strict=True):
             body["jobs"] = [job_json(job) for job in listing.jobs]
             body["pagination"] = listing.pagination()
-    return _json({"queues": queues})
+    return json_response({"queues": queues})
 
 
-@_interface_errors
 async def api_job(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     job = await _job_or_404(request.app[JOBS], queue, request.match_info["jobId"])
-    return _json({"job": job_json(job), "status": job.state.value})
+    return json_response({"job": job_json(job), "status": job.state.value})
 
 
 def _done(request: web.Request, body: dict, notice: str, redirect: str | None = None):
@@ -344,24 +299,21 @@ def _done(request: web.Request, body: dict, notice: str, redirect: str | None = 
         headers["HX-Trigger"] = orjson.dumps(trigger).decode()
         if redirect:
             headers["HX-Redirect"] = redirect
-    return _json({"ok": True, **body}, headers=headers)
+    return json_response({"ok": True, **body}, headers=headers)
 
 
-@_interface_errors
 async def pause(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     await request.app[JOBS].pause(queue)
     return _done(request, {"queue": queue, "isPaused": True}, f"Paused {queue}")
 
 
-@_interface_errors
 async def resume(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     await request.app[JOBS].resume(queue)
     return _done(request, {"queue": queue, "isPaused": False}, f"Resumed {queue}")
 
 
-@_interface_errors
 async def retry_job(request: web.Request) -> web.Response:
     queue, job_id = _queue_name(request), request.match_info["jobId"]
     retried = await job_actions.retry(request.app[JOBS], request.app[DB], queue, job_id)
@@ -374,7 +326,6 @@ async def retry_job(request: web.Request) -> web.Response:
     return _done(request, body, f"Retrying job {job_id[:8]}")
 
 
-@_interface_errors
 async def retry_failed(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     count = await job_actions.retry_failed(request.app[JOBS], request.app[DB], queue)
@@ -384,16 +335,11 @@ async def retry_failed(request: web.Request) -> web.Response:
 
 async def _form_value(request: web.Request, name: str) -> str | None:
     value = request.query.get(name)
-    if value is None and request.content_type in (
-        "application/x-www-form-urlencoded",
-        "multipart/form-data",
-    ):
-        field = (await request.post()).get(name)
-        value = field if isinstance(field, str) else None
+    if value is None and forms.is_form(request):
+        value = (await forms.read_form(request)).get(name)
     return value
 
 
-@_interface_errors
 async def remove_job(request: web.Request) -> web.Response:
     queue, job_id = _queue_name(request), request.match_info["jobId"]
     app = request.app
@@ -405,7 +351,6 @@ async def remove_job(request: web.Request) -> web.Response:
     return _done(request, body, f"Removed job {job_id[:8]}", redirect)
 
 
-@_interface_errors
 async def promote_job(request: web.Request) -> web.Response:
     queue, job_id = _queue_name(request), request.match_info["jobId"]
     await request.app[JOBS].promote(queue, job_id)
@@ -413,7 +358,6 @@ async def promote_job(request: web.Request) -> web.Response:
     return _done(request, body, f"Promoted job {job_id[:8]}")
 
 
-@_interface_errors
 async def clean_state(request: web.Request) -> web.Response:
     queue = _queue_name(request)
     state = _state(request.match_info["state"], "state")

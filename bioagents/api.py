@@ -1,34 +1,29 @@
-"""The HTTP API (SPEC §4). Handlers translate HTTP to calls of the store and the job queue."""
+"""The HTTP API (SPEC §4). Handlers translate HTTP to calls of the store and the job queue;
+the errors those raise are answered by `errors.json_errors`."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
 import uuid
+from typing import Any
 
 import orjson
 from aiohttp import web
 
-from . import auth, job_actions, store
+from . import auth, forms, job_actions, store
 from .db import Message
 from .errors import ApiError
-from .jobs.base import InvalidJobState, JobNotFound, JobState, QueueUnavailable
+from .jobs.base import JobState
 from .jobs.handler import job_data
 from .jobs.spec import CHAT, DEEP_RESEARCH
 from .keys import DB, JOBS, LIMITER, SETTINGS
 from .openapi import openapi_document
+from .ratelimit import subject_key
+from .responses import json_response
 
 MAX_MESSAGE_CHARS = 20000
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 RATE_WINDOWS = {CHAT: 60.0, DEEP_RESEARCH: 300.0}
-
-
-def _dumps(value) -> str:
-    return orjson.dumps(value).decode()
-
-
-def json(body: dict, status: int = 200, headers: dict | None = None) -> web.Response:
-    return web.json_response(body, status=status, headers=headers, dumps=_dumps)
 
 
 # --- request parsing -------------------------------------------------------------------------
@@ -50,9 +45,8 @@ async def read_body(request: web.Request) -> dict:
         if not isinstance(body, dict):
             raise ApiError(400, "the JSON body must be an object")
         return body
-    if content_type in FORM_TYPES:
-        form = await request.post()
-        return {key: value for key, value in form.items() if isinstance(value, str)}
+    if forms.is_form(request):
+        return await forms.read_form(request)
     raise ApiError(415, "send the body as application/json or a form")
 
 
@@ -66,15 +60,9 @@ def identify(request: web.Request, body_user_id=None) -> auth.Identity:
             )
         except ValueError as error:
             raise ApiError(400, str(error)) from None
-    try:
-        return auth.resolve(
-            request.app[SETTINGS],
-            authorization,
-            request.headers.get("X-API-Key"),
-            chosen,
-        )
-    except auth.AuthError as error:
-        raise ApiError(401, str(error), {"WWW-Authenticate": "Bearer"}) from None
+    return auth.resolve(
+        request.app[SETTINGS], authorization, request.headers.get("X-API-Key"), chosen
+    )
 
 
 def _uuid_or_400(value, field: str) -> str:
@@ -106,13 +94,16 @@ def _question(body: dict) -> str:
         raise ApiError(400, "message must not be empty")
     if len(message) > MAX_MESSAGE_CHARS:
         raise ApiError(400, f"message must be at most {MAX_MESSAGE_CHARS} characters")
+    if "\x00" in message:  # PostgreSQL cannot store it; no database gets it
+        raise ApiError(400, "message must not contain NUL characters")
     return message
 
 
 # --- accepting work ---------------------------------------------------------------------------
 
 
-async def _rate_limit(request: web.Request, queue: str, user_id: str) -> dict:
+async def _rate_limit(request: web.Request, queue: str, identity: auth.Identity) -> dict:
+    """Count the request in its window (SPEC §4, §12); 429 when the window is full."""
     settings = request.app[SETTINGS]
     limit = (
         settings.chat_rate_limit_per_minute
@@ -122,10 +113,8 @@ async def _rate_limit(request: web.Request, queue: str, user_id: str) -> dict:
     if limit <= 0:
         return {}
     limiter = request.app[LIMITER]
-    try:
-        decision = await limiter.hit(f"{queue}:{user_id}", limit, RATE_WINDOWS[queue])
-    except QueueUnavailable as error:
-        raise ApiError(503, str(error)) from None
+    key = subject_key(queue, identity.user_id, anonymous=identity.anonymous, remote=request.remote)
+    decision = await limiter.hit(key, limit, RATE_WINDOWS[queue])
     headers = decision.headers()
     if not decision.allowed:
         headers["Retry-After"] = str(decision.retry_after)
@@ -148,27 +137,20 @@ async def _accept(request: web.Request, queue: str) -> web.Response:
     else:
         conversation_id = None
     identity = identify(request, body.get("userId"))
-    headers = await _rate_limit(request, queue, identity.user_id)
+    headers = await _rate_limit(request, queue, identity)
 
     db = request.app[DB]
-    try:
-        accepted = await db.run(
-            store.accept_message,
-            identity.user_id,
-            conversation_id,
-            question,
-            queue,
-            dedupe=queue == DEEP_RESEARCH,
-        )
-    except store.NotOwned:
-        raise ApiError(404, "conversation not found") from None
+    accepted = await db.run(
+        store.accept_message,
+        identity.user_id,
+        conversation_id,
+        question,
+        queue,
+        dedupe=queue == DEEP_RESEARCH,
+    )
     message = accepted.message
     if not accepted.deduplicated:
-        try:
-            await request.app[JOBS].enqueue(queue, message.id, job_data(message, time.time()))
-        except QueueUnavailable as error:
-            await db.run(store.fail_message, message.id, f"not queued: {error}")
-            raise ApiError(503, f"the job queue is unavailable: {error}") from None
+        await _enqueue_or_withdraw(request, accepted)
     poll = (
         f"/api/chat/status/{message.id}"
         if queue == CHAT
@@ -184,7 +166,18 @@ async def _accept(request: web.Request, queue: str) -> web.Response:
     }
     if accepted.deduplicated:
         reply["deduplicated"] = True
-    return json(reply, status=202, headers=headers)
+    return json_response(reply, status=202, headers=headers)
+
+
+async def _enqueue_or_withdraw(request: web.Request, accepted: store.Accepted) -> None:
+    """A request the queue refuses (503) leaves no row behind: no message, and no conversation
+    or user that it created (SPEC §9)."""
+    message = accepted.message
+    try:
+        await request.app[JOBS].enqueue(message.queue, message.id, job_data(message, time.time()))
+    except Exception:
+        await request.app[DB].run(store.withdraw, accepted)
+        raise
 
 
 async def post_chat(request: web.Request) -> web.Response:
@@ -198,20 +191,15 @@ async def post_deep_research(request: web.Request) -> web.Response:
 # --- reading ----------------------------------------------------------------------------------
 
 
-async def _owned_message(request: web.Request, name: str, queue: str | None = None) -> Message:
+async def _owned_message(
+    request: web.Request, name: str, queue: str, identity: auth.Identity | None = None
+) -> Message:
     message_id = _path_uuid(request, name, status="not_found")
-    identity = identify(request)
+    identity = identity or identify(request)
     message = await request.app[DB].run(store.message_for_user, message_id, identity.user_id)
-    if message is None or (queue is not None and message.queue != queue):
+    if message is None or message.queue != queue:
         raise ApiError(404, "job not found", status="not_found")
     return message
-
-
-async def _job(request: web.Request, message: Message):
-    try:
-        return await request.app[JOBS].get(message.queue, message.id)
-    except QueueUnavailable as error:
-        raise ApiError(503, f"the job queue is unavailable: {error}") from None
 
 
 def _result_from_message(message: Message) -> dict:
@@ -224,7 +212,7 @@ def _result_from_message(message: Message) -> dict:
 
 async def chat_status(request: web.Request) -> web.Response:
     message = await _owned_message(request, "jobId", CHAT)
-    job = await _job(request, message)
+    job = await request.app[JOBS].get(message.queue, message.id)
     if job is not None:
         body = {
             "status": job.state.value,
@@ -236,19 +224,19 @@ async def chat_status(request: web.Request) -> web.Response:
         # The latest attempt's error while it matters: between attempts and at the end.
         if job.error is not None and job.state in (JobState.DELAYED, JobState.FAILED):
             body["error"] = job.error
-        return json(body)
+        return json_response(body)
     # The job left the queue (retention, or an in-process restart): the message row tells.
     body = {"status": "waiting", "progress": None, "attemptsMade": 0}
     if message.status == Message.COMPLETE:
         body.update(status="completed", attemptsMade=1, result=_result_from_message(message))
     elif message.status == Message.FAILED:
         body.update(status="failed", attemptsMade=1, error=message.error)
-    return json(body)
+    return json_response(body)
 
 
 async def deep_research_status(request: web.Request) -> web.Response:
     message = await _owned_message(request, "messageId", DEEP_RESEARCH)
-    job = await _job(request, message)
+    job = await request.app[JOBS].get(message.queue, message.id)
     values = (
         await request.app[DB].run(store.state_values, message.state_id) if message.state_id else {}
     )
@@ -277,7 +265,7 @@ async def deep_research_status(request: web.Request) -> web.Response:
         body["error"] = message.error
     elif job is not None and job.error:
         body["error"] = job.error
-    return json(body)
+    return json_response(body)
 
 
 def message_json(message: Message, state: dict | None) -> dict:
@@ -308,7 +296,7 @@ async def get_message(request: web.Request) -> web.Response:
     if message is None:
         raise ApiError(404, "message not found")
     state = await db.run(store.state_values, message.state_id) if message.state_id else None
-    return json(message_json(message, state))
+    return json_response(message_json(message, state))
 
 
 async def conversation_messages(request: web.Request) -> web.Response:
@@ -328,7 +316,7 @@ async def conversation_messages(request: web.Request) -> web.Response:
     if messages is None:
         raise ApiError(404, "conversation not found")
     states = await db.run(store.states_of, [m.state_id for m in messages if m.state_id])
-    return json({"messages": [message_json(m, states.get(m.state_id)) for m in messages]})
+    return json_response({"messages": [message_json(m, states.get(m.state_id)) for m in messages]})
 
 
 def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -354,10 +342,10 @@ def _before(raw: str | None):
         pass
     try:
         value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    except (ValueError, OverflowError):  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
         raise ApiError(400, "before must be a message id or an ISO 8601 time") from None
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.UTC).replace(tzinfo=None)
     return value
 
 
@@ -365,28 +353,22 @@ def _before(raw: str | None):
 
 
 async def _retry(request: web.Request, queue: str) -> web.Response:
-    message = await _owned_message(request, "jobId", queue)
-    jobs = request.app[JOBS]
-    db = request.app[DB]
-    try:
-        job = await jobs.get(queue, message.id)
-        if job is None:
-            if message.status != Message.FAILED:
-                raise ApiError(400, f"the job is not failed (message is {message.status})")
-            previous = 0
-            await db.run(store.reopen_message, message.id)
-            await jobs.enqueue(queue, message.id, job_data(message, time.time()))
-        else:
-            previous = (await job_actions.retry(jobs, db, queue, message.id)).previous_attempts
-    except InvalidJobState as error:
-        raise ApiError(400, str(error)) from None
-    except JobNotFound:
-        raise ApiError(404, "job not found", status="not_found") from None
-    except QueueUnavailable as error:
-        raise ApiError(503, f"the job queue is unavailable: {error}") from None
-    return json(
-        {"ok": True, "jobId": message.id, "status": "retrying", "previousAttempts": previous}
-    )
+    """The owner retries a failed job. It counts against their rate limit for the queue; a
+    job the queue no longer holds (restart, retention) is enqueued again, unless an admin
+    removed it (SPEC §4, §12)."""
+    identity = identify(request)
+    message = await _owned_message(request, "jobId", queue, identity)
+    jobs, db = request.app[JOBS], request.app[DB]
+    job = await jobs.get(queue, message.id)
+    await job_actions.check_retryable(db, message, job)  # before it counts against the limit
+    headers = await _rate_limit(request, queue, identity)
+    if job is None:
+        await job_actions.enqueue_again(jobs, db, message)
+        previous = 0
+    else:
+        previous = (await job_actions.retry(jobs, db, queue, message.id)).previous_attempts
+    body = {"ok": True, "jobId": message.id, "status": "retrying", "previousAttempts": previous}
+    return json_response(body, headers=headers)
 
 
 async def retry_chat(request: web.Request) -> web.Response:
@@ -400,35 +382,39 @@ async def retry_deep_research(request: web.Request) -> web.Response:
 # --- operations -------------------------------------------------------------------------------
 
 
+REDIS_STATES = ("connected", "disabled")  # anything else a backend reports is "unreachable"
+
+
 async def health(request: web.Request) -> web.Response:
+    """Which part is down, for anyone to read: never an address or an error text (SPEC §12)."""
     app = request.app
     settings = app[SETTINGS]
-    database_ok = await app[DB].ping()
     jobs = app[JOBS]
-    job_queue: dict = {"enabled": settings.use_job_queue}
-    problems = []
-    if not database_ok:
-        problems.append("database")
-    details = await jobs.health()
-    job_queue.update(details)
+    database_ok = await app[DB].ping()
+    reported = (await jobs.health()).get("redis")
+    redis = reported if reported in REDIS_STATES else "unreachable"
     workers = {name: await _safe_workers(jobs, name) for name in jobs.specs}
-    job_queue["workers"] = max(workers.values(), default=0)
-    job_queue["workersByQueue"] = workers
+    failing = [] if database_ok else ["database"]
     if settings.use_job_queue:
-        if details.get("redis") != "connected":
-            problems.append("redis")
+        if redis != "connected":
+            failing.append("redis")
         elif not any(workers.values()):
-            problems.append("workers")
-    body = {
-        "status": "degraded" if problems else "ok",
+            failing.append("workers")
+    body: dict[str, Any] = {
+        "status": "degraded" if failing else "ok",
         "timestamp": dt.datetime.now(dt.UTC).isoformat(),
         "database": "connected" if database_ok else "unreachable",
-        "jobQueue": job_queue,
+        "jobQueue": {
+            "enabled": settings.use_job_queue,
+            "redis": redis,
+            "workers": max(workers.values(), default=0),
+            "workersByQueue": workers,
+        },
     }
-    if problems:
-        body["failing"] = problems
-        body["error"] = "degraded: " + ", ".join(problems) + " failing"
-    return json(body, status=503 if problems else 200)
+    if failing:
+        body["failing"] = failing
+        body["error"] = "degraded: " + ", ".join(failing) + " failing"
+    return json_response(body, status=503 if failing else 200)
 
 
 async def _safe_workers(jobs, name: str) -> int:
@@ -439,7 +425,7 @@ async def _safe_workers(jobs, name: str) -> int:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return json(openapi_document())
+    return json_response(openapi_document())
 
 
 def setup_routes(app: web.Application) -> None:

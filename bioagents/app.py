@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import admin, api
+from . import admin, api, security
 from .agents.llm import build_llm
 from .backends import job_system
 from .config import Settings
@@ -27,6 +27,7 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> web.Ap
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
     app[SETTINGS] = settings
     app[RUN_WORKERS] = settings.workers_in_api if run_workers is None else run_workers
+    security.setup(app)
     app.cleanup_ctx.extend([_database, _llm, job_system, _hub, _ready])
     app.on_shutdown.append(_drain_jobs)  # listening has stopped; sockets stay open meanwhile
     app.on_shutdown.append(_close_sockets)

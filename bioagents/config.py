@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
+from . import hosts
+
 TRUE_WORDS = {"true", "1", "yes"}
+MIN_SECRET_BYTES = 32
 
 
 class ConfigError(ValueError):
@@ -27,6 +31,8 @@ class Settings:
     deep_research_rate_limit_per_5min: int = 3
     auth_mode: str = "none"
     secret: str = ""
+    api_key: str = ""
+    allowed_hosts: tuple[str, ...] = ()  # host names besides loopback ones; ("*",) = any
     max_jwt_expiration: int = 86400
     admin_username: str = "admin"
     admin_password: str = ""
@@ -48,7 +54,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         """Build and validate settings; raises ConfigError naming the bad variable."""
         env = os.environ if environ is None else environ
-        values = dict(
+        values: dict[str, Any] = dict(
             use_job_queue=env.get("USE_JOB_QUEUE", "false").strip().lower() in TRUE_WORDS,
             redis_url=_redis_url(env),
             database_url=env.get("DATABASE_URL", cls.database_url),
@@ -64,6 +70,8 @@ class Settings:
             ),
             auth_mode=_choice(env, "AUTH_MODE", "none", {"none", "jwt"}),
             secret=env.get("BIOAGENTS_SECRET", ""),
+            api_key=env.get("BIOAGENTS_API_KEY", ""),
+            allowed_hosts=_allowed_hosts(env.get("ALLOWED_HOSTS", "")),
             max_jwt_expiration=_int(env, "MAX_JWT_EXPIRATION", 86400, minimum=1),
             admin_username=env.get("ADMIN_USERNAME", "admin"),
             admin_password=env.get("ADMIN_PASSWORD", ""),
@@ -90,8 +98,12 @@ class Settings:
 
     def validate(self) -> None:
         _check_database_url(self.database_url)
-        if self.auth_mode == "jwt" and not self.secret:
-            raise ConfigError("BIOAGENTS_SECRET must be set when AUTH_MODE=jwt")
+        if self.auth_mode == "jwt" and _byte_length(self.secret) < MIN_SECRET_BYTES:
+            raise ConfigError(
+                f"BIOAGENTS_SECRET must be at least {MIN_SECRET_BYTES} bytes when AUTH_MODE=jwt"
+            )
+        if self.api_key and _byte_length(self.api_key) < MIN_SECRET_BYTES:
+            raise ConfigError(f"BIOAGENTS_API_KEY must be at least {MIN_SECRET_BYTES} bytes")
         if self.llm_provider == "openai" and not urlsplit(self.openai_base_url).netloc:
             raise ConfigError(f"OPENAI_BASE_URL is not a URL: {self.openai_base_url!r}")
 
@@ -161,6 +173,25 @@ def _redis_url(env) -> str:
     if parts.scheme == "redis+sentinel" and not parts.path.strip("/"):
         raise ConfigError("REDIS_URL redis+sentinel:// needs a service name: /<service>")
     return url
+
+
+def _byte_length(text: str) -> int:
+    return len(text.encode("utf-8", "surrogateescape"))
+
+
+def _allowed_hosts(raw: str) -> tuple[str, ...]:
+    entries = [entry.strip() for entry in raw.split(",") if entry.strip()]
+    if hosts.ANY_HOST in entries:
+        return (hosts.ANY_HOST,)
+    names = []
+    for entry in entries:
+        name = hosts.host_name(entry)
+        if name is None:
+            raise ConfigError(
+                f"ALLOWED_HOSTS takes host names separated by commas (or *), got {entry!r}"
+            )
+        names.append(name)
+    return tuple(names)
 
 
 def _check_database_url(url: str) -> None:

@@ -9,11 +9,12 @@ import base64
 import hashlib
 import hmac
 import secrets
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from . import auth, forms
 from .config import Settings
+from .origins import is_own_origin, origin_of, own_origin
 
 HEADER = "X-CSRF-Token"
 FORM_FIELD = "csrf_token"
@@ -24,13 +25,16 @@ class CsrfRefused(Exception):
 
 
 def signing_key(settings: Settings) -> bytes:
-    """The key tokens are signed with. Derived from the configured secrets so every `serve`
-    copy accepts the others' tokens; random per process when none is configured (the board is
-    then served to loopback clients of this one machine only)."""
-    material = f"{settings.secret}\x00{settings.admin_password}"
-    if material == "\x00":
+    """The board's own key for its tokens, shared by nothing else. With ADMIN_PASSWORD it is
+    derived from the admin's credentials (so every `serve` copy accepts the others' tokens,
+    and a new password voids old tokens) by scrypt, so a leaked token is no cheap test of
+    password guesses. Without a password it is random per process: the board is then served
+    to loopback clients of this one machine only."""
+    if not settings.admin_password:
         return secrets.token_bytes(32)
-    return hashlib.sha256(b"bioagents-csrf\x00" + material.encode()).digest()
+    salt = b"bioagents board csrf key\x00" + auth.as_bytes(settings.admin_username)
+    password = auth.as_bytes(settings.admin_password)
+    return hashlib.scrypt(password, salt=salt, n=2**14, r=8, p=1, dklen=32)
 
 
 def token_for(key: bytes, principal: str) -> str:
@@ -39,30 +43,12 @@ def token_for(key: bytes, principal: str) -> str:
     return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
-def own_origin(request: web.Request) -> str:
-    """The origin the board is served from, as a browser spells it in `Origin`.
-
-    `X-Forwarded-Proto` is honoured because a TLS-terminating proxy (Heroku's router) talks
-    plain HTTP to us; trusting it is safe here since a forged value cannot make a foreign
-    page's Origin equal our host."""
-    forwarded = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
-    scheme = forwarded if forwarded in ("http", "https") else request.scheme
-    return f"{scheme}://{request.host}".lower()
-
-
-def _origin_of(url: str) -> str | None:
-    parts = urlsplit(url)
-    if not parts.scheme or not parts.netloc:
-        return None
-    return f"{parts.scheme}://{parts.netloc}".lower()
-
-
 def check_origin(request: web.Request) -> None:
     """Raise CsrfRefused unless Origin (or, without one, Referer) is the board's origin."""
     expected = own_origin(request)
     origin = request.headers.get("Origin")
     if origin is not None:
-        if origin.strip().lower() != expected:
+        if not is_own_origin(request, origin):
             raise CsrfRefused(
                 f"cross-origin POST refused: Origin {origin[:100]!r} is not the board's "
                 f"origin {expected!r}"
@@ -73,7 +59,7 @@ def check_origin(request: web.Request) -> None:
         raise CsrfRefused(
             "a board POST must carry an Origin (or Referer) header naming the board's origin"
         )
-    if _origin_of(referer) != expected:
+    if origin_of(referer) != expected:
         raise CsrfRefused(
             f"cross-origin POST refused: Referer {referer[:100]!r} is not on the board's "
             f"origin {expected!r}"
@@ -83,17 +69,12 @@ def check_origin(request: web.Request) -> None:
 async def check_token(request: web.Request, expected: str) -> None:
     """Raise CsrfRefused unless the request carries `expected` in the header or form field."""
     sent = request.headers.get(HEADER)
-    if sent is None and request.content_type in (
-        "application/x-www-form-urlencoded",
-        "multipart/form-data",
-    ):
-        form = await request.post()
-        value = form.get(FORM_FIELD)
-        sent = value if isinstance(value, str) else None
+    if sent is None and forms.is_form(request):
+        sent = (await forms.read_form(request)).get(FORM_FIELD)
     if not sent:
         raise CsrfRefused(
             f"missing CSRF token: send the {HEADER} header or a {FORM_FIELD} form field "
             '(every board page carries it in <meta name="csrf-token">)'
         )
-    if not hmac.compare_digest(sent.encode(), expected.encode()):
+    if not auth.same_secret(sent, expected):
         raise CsrfRefused("invalid CSRF token; reload the board page and try again")

@@ -115,7 +115,17 @@ class Message(BaseModel):
         indexes = ((("conversation_id", "created_at"), False),)
 
 
-MODELS = [User, Conversation, ConversationState, State, Message]
+class RemovedJob(BaseModel):
+    """A job an admin removed from the board: its owner cannot retry it (SPEC §12)."""
+
+    id = pw.CharField(primary_key=True, max_length=36)  # the message id
+    removed_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "removed_jobs"
+
+
+MODELS = [User, Conversation, ConversationState, State, Message, RemovedJob]
 
 
 def open_database(url: str) -> pw.Database:

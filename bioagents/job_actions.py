@@ -3,15 +3,18 @@ API and by the board's buttons.
 
 A manual retry reopens the FAILED message, and a job removed before it finished fails its
 PENDING message with a reason and announces it, so no accepted request is left PENDING forever
-(SPEC §6 "nothing lost")."""
+(SPEC §6 "nothing lost"). A job an admin removes is remembered as removed, so its owner's retry
+cannot bring it back (SPEC §12)."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from . import store
-from .db import Database
+from .db import Database, Message
 from .jobs.base import InvalidJobState, JobInfo, JobNotFound, JobQueue, JobState
+from .jobs.handler import job_data
 from .notify import Notifier
 
 UNFINISHED = (JobState.WAITING, JobState.DELAYED)
@@ -45,6 +48,31 @@ async def retry(jobs: JobQueue, db: Database, queue: str, job_id: str) -> Retrie
     return Retried(retried, previous)
 
 
+async def check_retryable(db: Database, message: Message, job: JobInfo | None) -> None:
+    """An owner's retry applies to a failed job, or, when the queue no longer holds it (an
+    in-process restart, retention), to a FAILED message, unless an admin removed the job.
+    Raises InvalidJobState or JobNotFound."""
+    if job is not None:
+        if job.state is not JobState.FAILED:
+            raise InvalidJobState(f"only failed jobs can be retried; this one is {job.state.value}")
+        return
+    if message.status != Message.FAILED:
+        raise InvalidJobState(f"only failed jobs can be retried; this message is {message.status}")
+    if await db.run(store.was_removed, message.id):
+        raise JobNotFound(f"job {message.id} was removed by an admin")
+
+
+async def enqueue_again(jobs: JobQueue, db: Database, message: Message) -> None:
+    """Retry a FAILED message whose job the queue no longer holds (see `check_retryable`); the
+    message stays FAILED when the queue refuses it."""
+    await db.run(store.reopen_message, message.id)
+    try:
+        await jobs.enqueue(message.queue, message.id, job_data(message, time.time()))
+    except Exception:
+        await db.run(store.fail_message, message.id, message.error or "failed")
+        raise
+
+
 async def retry_failed(jobs: JobQueue, db: Database, queue: str) -> int:
     """Retry every failed job of the queue; returns how many were retried.
 
@@ -69,6 +97,7 @@ async def remove(
         raise JobNotFound(f"job {job_id} is not in queue {queue}")
     state = job.state
     await jobs.remove(queue, job_id)
+    await db.run(store.mark_removed, [job_id])
     if state in UNFINISHED:
         await _give_up(db, notifier, job, f"removed from the {queue} queue by an admin")
     return job
@@ -85,10 +114,13 @@ async def clean(
     """Remove the jobs in `state` older than `older_than` seconds; returns how many."""
     if state not in CLEANABLE:
         raise InvalidJobState(f"{state.value} jobs cannot be cleaned")
-    before = await _jobs_in_state(jobs, queue, state) if state in UNFINISHED else []
+    # A completed job's message cannot be retried, so only the others need remembering.
+    before = [] if state is JobState.COMPLETED else await _jobs_in_state(jobs, queue, state)
     removed = await jobs.clean(queue, state, older_than)
-    for job in before:
-        if await jobs.get(queue, job.id) is None:
+    gone = [job for job in before if await jobs.get(queue, job.id) is None]
+    await db.run(store.mark_removed, [job.id for job in gone])
+    if state in UNFINISHED:
+        for job in gone:
             await _give_up(db, notifier, job, f"cleaned from the {queue} queue by an admin")
     return removed
 

@@ -7,22 +7,29 @@ from . import __version__
 ERROR = {"$ref": "#/components/schemas/Error"}
 
 
+ERROR_TEXTS = {
+    400: "malformed body, field or query",
+    401: "missing or invalid credentials",
+    403: "a cross-site request (Origin or Sec-Fetch-Site shows another site's page)",
+    404: "not found, or not yours",
+    413: "body over MAX_BODY_BYTES",
+    415: "neither JSON nor a form",
+    421: "a Host this server does not answer to (loopback names and ALLOWED_HOSTS)",
+    429: "rate limited",
+    431: "request headers too large",
+    503: "a part is unavailable (failing names it: redis or database)",
+}
+# What any route may answer, whatever it does.
+EVERY_ROUTE = (421, 431)
+
+
 def _error_responses(*codes: int) -> dict:
-    texts = {
-        400: "malformed body, field or query",
-        401: "missing or invalid credentials",
-        404: "not found, or not yours",
-        413: "body over MAX_BODY_BYTES",
-        415: "neither JSON nor a form",
-        429: "rate limited",
-        503: "job queue unavailable",
-    }
     return {
         str(code): {
-            "description": texts[code],
+            "description": ERROR_TEXTS[code],
             "content": {"application/json": {"schema": ERROR}},
         }
-        for code in codes
+        for code in sorted({*codes, *EVERY_ROUTE})
     }
 
 
@@ -66,7 +73,12 @@ def openapi_document() -> dict:
         "components": {
             "securitySchemes": {
                 "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "apiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "BIOAGENTS_API_KEY; the caller names the user (X-User-Id)",
+                },
             },
             "schemas": {
                 "Error": {
@@ -77,6 +89,7 @@ def openapi_document() -> dict:
                         "error": {"type": "string"},
                         "retryAfter": {"type": "integer"},
                         "status": {"type": "string"},
+                        "failing": {"type": "array", "items": {"type": "string"}},
                     },
                 },
                 "AcceptRequest": {
@@ -185,8 +198,21 @@ def openapi_document() -> dict:
                     "properties": {
                         "status": {"enum": ["ok", "degraded"]},
                         "timestamp": {"type": "string"},
-                        "database": {"type": "string"},
-                        "jobQueue": {"type": "object"},
+                        "database": {"enum": ["connected", "unreachable"]},
+                        "jobQueue": {
+                            "type": "object",
+                            "properties": {
+                                "enabled": {"type": "boolean"},
+                                "redis": {"enum": ["connected", "unreachable", "disabled"]},
+                                "workers": {"type": "integer"},
+                                "workersByQueue": {"type": "object"},
+                            },
+                        },
+                        "failing": {
+                            "type": "array",
+                            "items": {"enum": ["database", "redis", "workers"]},
+                        },
+                        "error": {"type": "string"},
                     },
                 },
             },
@@ -199,7 +225,7 @@ def openapi_document() -> dict:
                     "requestBody": ACCEPT_BODY,
                     "responses": {
                         **_ok(ref("Accepted"), 202, "queued"),
-                        **_error_responses(400, 401, 404, 413, 415, 429, 503),
+                        **_error_responses(400, 401, 403, 404, 413, 415, 429, 503),
                     },
                 }
             },
@@ -209,7 +235,7 @@ def openapi_document() -> dict:
                     "requestBody": ACCEPT_BODY,
                     "responses": {
                         **_ok(ref("Accepted"), 202, "queued or deduplicated"),
-                        **_error_responses(400, 401, 404, 413, 415, 429, 503),
+                        **_error_responses(400, 401, 403, 404, 413, 415, 429, 503),
                     },
                 }
             },
@@ -231,14 +257,20 @@ def openapi_document() -> dict:
                 "post": {
                     "summary": "Retry a failed chat job",
                     "parameters": [_path_param("jobId")],
-                    "responses": {**_ok(ref("Retrying")), **_error_responses(400, 401, 404, 503)},
+                    "responses": {
+                        **_ok(ref("Retrying")),
+                        **_error_responses(400, 401, 403, 404, 429, 503),
+                    },
                 }
             },
             "/api/deep-research/retry/{jobId}": {
                 "post": {
                     "summary": "Retry a failed deep-research job",
                     "parameters": [_path_param("jobId")],
-                    "responses": {**_ok(ref("Retrying")), **_error_responses(400, 401, 404, 503)},
+                    "responses": {
+                        **_ok(ref("Retrying")),
+                        **_error_responses(400, 401, 403, 404, 429, 503),
+                    },
                 }
             },
             "/api/messages/{messageId}": {
@@ -284,8 +316,9 @@ def openapi_document() -> dict:
                     "security": [{}],
                     "responses": {
                         **_ok(ref("Health")),
+                        **_error_responses(),
                         "503": {
-                            "description": "degraded",
+                            "description": "degraded: failing names the parts, never addresses",
                             "content": {"application/json": {"schema": ref("Health")}},
                         },
                     },
@@ -295,7 +328,7 @@ def openapi_document() -> dict:
                 "get": {
                     "summary": "This document",
                     "security": [{}],
-                    "responses": {"200": {"description": "OpenAPI 3.1"}},
+                    "responses": {"200": {"description": "OpenAPI 3.1"}, **_error_responses()},
                 }
             },
         },

@@ -1,4 +1,5 @@
-"""Per-user sliding-window rate limits (SPEC §4), behind one interface.
+"""Per-user sliding-window rate limits (SPEC §4), behind one interface, and whose window a
+request counts in: a known user's own, an anonymous caller's client address's (SPEC §12).
 
 `MemoryRateLimiter` serves in-process mode; `redis_ratelimit.RedisRateLimiter` is shared by every
 `serve` copy in queue mode.
@@ -9,8 +10,11 @@ from __future__ import annotations
 import abc
 import collections
 import dataclasses
+import ipaddress
 import math
 import time
+
+IPV6_CLIENT_PREFIX = 64  # one IPv6 client (a home, a VM) usually holds a whole /64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,3 +85,24 @@ class MemoryRateLimiter(RateLimiter):
     @property
     def tracked_keys(self) -> int:
         return len(self._stamps)
+
+
+def client_address(remote: str | None) -> str:
+    """The address a client is counted by: its IPv4 address, or its IPv6 /64 network."""
+    try:
+        address = ipaddress.ip_address((remote or "").split("%")[0])
+    except ValueError:
+        return remote or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/{IPV6_CLIENT_PREFIX}", strict=False))
+    return str(address)
+
+
+def subject_key(queue: str, user_id: str, *, anonymous: bool, remote: str | None) -> str:
+    """The window a request counts in. Anonymous callers choose their own ids (or get a fresh
+    one each time), so their address is what is counted."""
+    if anonymous:
+        return f"{queue}:address:{client_address(remote)}"
+    return f"{queue}:user:{user_id}"

@@ -8,7 +8,7 @@ import datetime as dt
 
 import peewee as pw
 
-from .db import Conversation, Message, State, new_id, utcnow
+from .db import Conversation, Message, RemovedJob, State, new_id, utcnow
 
 
 class NotOwned(Exception):
@@ -19,6 +19,8 @@ class NotOwned(Exception):
 class Accepted:
     message: Message
     deduplicated: bool = False
+    new_conversation: bool = False  # created for this message (withdrawn with it)
+    new_user: bool = False
 
 
 def _write_transaction():
@@ -47,10 +49,11 @@ def accept_message(
     now = utcnow()
     stamp = Message.created_at.db_value(now)
     with _write_transaction():
-        _execute(
+        inserted = _execute(
             "INSERT INTO users (id, created_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
             (user_id, stamp),
         )
+        new_user = inserted.rowcount == 1
         if conversation_id is None:
             conversation_id = new_id()
             owner = None
@@ -65,7 +68,7 @@ def accept_message(
                 (conversation_id, user_id, stamp),
             )
         elif owner != user_id:
-            raise NotOwned(conversation_id)
+            raise NotOwned("conversation not found")
         elif dedupe:
             active = (
                 Message.select()
@@ -109,7 +112,29 @@ def accept_message(
                 stamp,
             ),
         )
-        return Accepted(message)
+        return Accepted(message, new_conversation=owner is None, new_user=new_user)
+
+
+def withdraw(accepted: Accepted) -> None:
+    """Undo `accept_message` for a request answered with an error: the message, its state, and
+    the conversation and user it created, unless another request has used them meanwhile."""
+    message = accepted.message
+    with _write_transaction():
+        _execute("DELETE FROM messages WHERE id = ?", (message.id,))
+        if message.state_id:
+            _execute("DELETE FROM states WHERE id = ?", (message.state_id,))
+        if accepted.new_conversation:
+            _execute(
+                "DELETE FROM conversations WHERE id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM messages WHERE conversation_id = ?)",
+                (message.conversation_id, message.conversation_id),
+            )
+        if accepted.new_user:
+            _execute(
+                "DELETE FROM users WHERE id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM conversations WHERE user_id = ?)",
+                (message.user_id, message.user_id),
+            )
 
 
 def message_for_user(message_id: str, user_id: str) -> Message | None:
@@ -141,6 +166,11 @@ def conversation_messages(
     return newest[::-1]
 
 
+def _storable(text: str | None) -> str | None:
+    """Text a job produced, without the NUL characters PostgreSQL cannot store."""
+    return None if text is None else text.replace("\x00", "")
+
+
 def complete_message(message_id: str, content: str, response_time_ms: int) -> bool:
     """PENDING → COMPLETE, at most once; False when another run already answered."""
     cursor = _execute(
@@ -148,7 +178,7 @@ def complete_message(message_id: str, content: str, response_time_ms: int) -> bo
         "updated_at = ? WHERE id = ? AND status = ?",
         (
             Message.COMPLETE,
-            content,
+            _storable(content),
             response_time_ms,
             Message.updated_at.db_value(utcnow()),
             message_id,
@@ -161,7 +191,7 @@ def complete_message(message_id: str, content: str, response_time_ms: int) -> bo
 def fail_message(message_id: str, error: str) -> bool:
     """PENDING → FAILED; never over COMPLETE."""
     updated = (
-        Message.update(status=Message.FAILED, error=error, updated_at=utcnow())
+        Message.update(status=Message.FAILED, error=_storable(error), updated_at=utcnow())
         .where((Message.id == message_id) & (Message.status == Message.PENDING))
         .execute()
     )
@@ -176,6 +206,20 @@ def reopen_message(message_id: str) -> bool:
         .execute()
     )
     return updated == 1
+
+
+def mark_removed(message_ids: list[str]) -> None:
+    """Remember jobs an admin removed, so their owners' retries cannot bring them back."""
+    if not message_ids:
+        return
+    now = utcnow()
+    rows = [{"id": message_id, "removed_at": now} for message_id in message_ids]
+    with _write_transaction():
+        RemovedJob.insert_many(rows).on_conflict_ignore().execute()
+
+
+def was_removed(message_id: str) -> bool:
+    return RemovedJob.select().where(RemovedJob.id == message_id).exists()
 
 
 def pending_messages(queue: str | None = None) -> list[Message]:

@@ -7,7 +7,7 @@ import pytest
 from aiohttp import web
 
 from bioagents.app import create_app
-from bioagents.board_auth import CONTENT_SECURITY_POLICY
+from bioagents.board_auth import CONTENT_SECURITY_POLICY, SignInBrake
 from tests.admin_support import basic_auth, board_post, board_token, csrf_token_of, origin_of
 
 API = "/admin/queues/api/queues"
@@ -242,3 +242,66 @@ async def test_pages_are_not_stored_and_fragments_revalidate(client):
     assert page.headers["Cache-Control"] == "no-store"
     fragment = await client.get("/admin/queues/fragments/overview")
     assert fragment.headers["Cache-Control"] == "no-cache, private"
+
+
+async def test_board_errors_carry_the_boards_security_headers_too(make_client):
+    guarded = await make_client(ADMIN_PASSWORD="s3cret")
+    open_board = await make_client()
+    answers = [
+        await guarded.get("/admin/queues"),  # 401
+        await guarded.get("/admin/queues/no-such-page", headers=ADMIN),  # 404
+        await guarded.post(f"{API}/chat/pause", headers=ADMIN),  # 403: no CSRF token
+        await open_board.get("/admin/queues", headers={"Host": "rebind.attacker.example"}),  # 421
+    ]
+    for wrong in range(10):
+        await guarded.get("/admin/queues", headers=basic_auth("admin", f"guess {wrong}"))
+    answers.append(await guarded.get("/admin/queues", headers=ADMIN))  # 429
+    assert [response.status for response in answers] == [401, 404, 403, 421, 429]
+    for response in answers:
+        assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+        assert response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["Server"] == "bioagents"
+
+
+# --- the CSRF key and the sign-in brake (SPEC §12) ---------------------------------------------
+
+
+async def test_the_csrf_key_is_the_boards_own_not_the_jwt_secret(make_client):
+    one = await make_client(ADMIN_PASSWORD="s3cret", BIOAGENTS_SECRET="a" * 40)
+    other_secret = await make_client(ADMIN_PASSWORD="s3cret", BIOAGENTS_SECRET="b" * 40)
+    other_password = await make_client(ADMIN_PASSWORD="n3w", BIOAGENTS_SECRET="a" * 40)
+    token = await board_token(one, ADMIN)
+
+    assert await board_token(other_secret, ADMIN) == token  # every serve copy agrees
+    assert await board_token(other_password, basic_auth("admin", "n3w")) != token
+    no_password = [await board_token(await make_client()) for _ in range(2)]
+    assert no_password[0] != no_password[1]  # random per process
+
+
+def test_the_brake_holds_an_address_for_a_minute_after_ten_failures():
+    now = [0.0]
+    brake = SignInBrake(clock=lambda: now[0])
+    for _ in range(9):
+        brake.failed("203.0.113.7")
+    assert brake.seconds_blocked("203.0.113.7") == 0
+    brake.failed("203.0.113.7")
+    assert brake.seconds_blocked("203.0.113.7") == 60
+    assert brake.seconds_blocked("203.0.113.8") == 0  # per address
+    now[0] = 59.5
+    assert brake.seconds_blocked("203.0.113.7") == 1
+    now[0] = 60.0
+    assert brake.seconds_blocked("203.0.113.7") == 0
+
+
+def test_the_brake_counts_failures_within_a_minute_and_forgets_them_on_success():
+    now = [0.0]
+    brake = SignInBrake(clock=lambda: now[0])
+    for _ in range(9):
+        brake.failed("a")
+    brake.succeeded("a")
+    for _ in range(9):
+        brake.failed("a")
+    now[0] = 61.0  # those nine are older than a minute
+    brake.failed("a")
+    assert brake.seconds_blocked("a") == 0

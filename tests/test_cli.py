@@ -30,7 +30,7 @@ def clean_env(tmp_path, **extra) -> dict:
         "MAX_JWT_EXPIRATION", "ADMIN_USERNAME", "ADMIN_PASSWORD", "MAX_BODY_BYTES",
         "MAX_WS_FRAME_BYTES", "STALLED_INTERVAL", "SHUTDOWN_GRACE_SECONDS", "WORKERS_IN_API",
         "LLM_PROVIDER", "OPENAI_BASE_URL", "OPENAI_API_KEY", "LLM_MODEL", "OFFLINE_LLM_DELAY",
-        "LOG_LEVEL", "LOG_FORMAT",
+        "LOG_LEVEL", "LOG_FORMAT", "ALLOWED_HOSTS", "BIOAGENTS_API_KEY",
     }  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key not in names}
     env["DATABASE_URL"] = f"sqlite:///{tmp_path}/cli.db"

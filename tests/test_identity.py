@@ -18,6 +18,7 @@ from tests.api_support import (
 from tests.conftest import bearer, post_chat
 
 SECRET = "test-secret-0123456789abcdef0123456789"  # BASE_ENV's BIOAGENTS_SECRET
+API_KEY = "test-api-key-0123456789abcdef0123456789"
 
 
 async def post_as(client, headers: dict, **body):
@@ -54,18 +55,18 @@ async def test_a_jwt_caller_cannot_choose_another_user_id(make_client, settings_
 
 
 async def test_the_api_key_honours_the_chosen_user_id(make_client):
-    client = await make_client(AUTH_MODE="jwt")
+    client = await make_client(AUTH_MODE="jwt", BIOAGENTS_API_KEY=API_KEY)
 
-    status, by_header = await post_as(client, {"X-API-Key": SECRET, "X-User-Id": "bob"})
+    status, by_header = await post_as(client, {"X-API-Key": API_KEY, "X-User-Id": "bob"})
     assert status == 202
     assert by_header["userId"] == "bob"
 
-    status, by_body = await post_as(client, {"X-API-Key": SECRET}, userId="carol")
+    status, by_body = await post_as(client, {"X-API-Key": API_KEY}, userId="carol")
     assert status == 202
     assert by_body["userId"] == "carol"
 
     status, header_wins = await post_as(
-        client, {"X-API-Key": SECRET, "X-User-Id": "bob"}, userId="carol"
+        client, {"X-API-Key": API_KEY, "X-User-Id": "bob"}, userId="carol"
     )
     assert header_wins["userId"] == "bob"
 
@@ -125,13 +126,25 @@ async def test_bad_credentials_are_401(make_client, settings_for):
         "HS512": jwt.encode({"sub": "alice", "exp": now + 60}, SECRET, "HS512"),
         "alg none": jwt.encode({"sub": "alice", "exp": now + 60}, None, "none"),
         "garbage": "not.a.jwt",
+        "exp a string": jwt.encode({"sub": "alice", "exp": str(now + 60)}, SECRET, "HS256"),
+        "exp of 400 digits": jwt.encode({"sub": "alice", "exp": int("9" * 400)}, SECRET, "HS256"),
+        "exp infinite": jwt.encode({"sub": "alice", "exp": 1e999}, SECRET, "HS256"),
+        "sub a number": jwt.encode({"sub": 7, "exp": now + 60}, SECRET, "HS256"),
+        "sub with control characters": jwt.encode(
+            {"sub": "ali\x1bce", "exp": now + 60}, SECRET, "HS256"
+        ),
+        "sub empty": jwt.encode({"sub": "", "exp": now + 60}, SECRET, "HS256"),
     }
     for name, token in tokens.items():
         status, body = await post_as(client, {"Authorization": f"Bearer {token}"})
         assert status == 401, name
         assert body["ok"] is False and body["error"], name
 
-    for headers in ({"Authorization": "Basic YWxpY2U6eA=="}, {"X-API-Key": "wrong-key"}):
+    for headers in (
+        {"Authorization": "Basic YWxpY2U6eA=="},
+        {"X-API-Key": "wrong-key"},
+        {"X-API-Key": SECRET},  # the JWT secret is no API key
+    ):
         status, _ = await post_as(client, headers)
         assert status == 401, headers
     assert message_rows(settings) == []

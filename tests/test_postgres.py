@@ -6,6 +6,7 @@ command installs both)."""
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import shutil
 import socket
@@ -17,8 +18,10 @@ import pytest
 
 from tests.api_support import get_json, message_when, research_status_when
 from tests.conftest import post_chat
+from tests.fake_openai import FakeOpenAI
 
 pytestmark = pytest.mark.postgres
+FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded", "X-User-Id": "nul"}
 
 
 def _server_binaries() -> str | None:
@@ -127,3 +130,33 @@ async def test_ownership_and_deduplication_hold_on_postgresql(make_client, postg
     assert response.status == 404 and body["ok"] is False
     code, _ = await get_json(client, f"/api/messages/{first['messageId']}", user="mallory")
     assert code == 404
+
+
+class _ReplyWithNul(FakeOpenAI):
+    @staticmethod
+    def reply_for(body: dict, number: int) -> str:
+        return "before\x00after"
+
+
+async def test_nul_characters_never_reach_postgresql(make_client, postgres_url, caplog):
+    caplog.set_level(logging.WARNING)
+    async with _ReplyWithNul() as llm:
+        client = await make_client(
+            DATABASE_URL=postgres_url, LLM_PROVIDER="openai", OPENAI_BASE_URL=llm.base_url
+        )
+        for body in (
+            {"message": "a\x00b", "userId": "nul"},
+            {"message": "hi", "userId": "a\x00b"},
+            {"message": "hi", "userId": "nul", "conversationId": "\x00"},
+        ):
+            response = await client.post("/api/chat", json=body)
+            assert response.status == 400, body
+            assert (await response.json())["ok"] is False
+        form = await client.post("/api/chat", data=b"message=a%00b", headers=FORM_HEADERS)
+        assert form.status == 400
+
+        _, accepted = await post_chat(client, "a model that answers with a NUL", user="nul")
+        message = await message_when(client, accepted["messageId"], "COMPLETE", user="nul")
+
+    assert message["content"] == "beforeafter"  # stored without the NUL PostgreSQL refuses
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]

@@ -6,6 +6,14 @@ from bioagents.ratelimit import MemoryRateLimiter
 from tests.api_support import app_settings, get_json, message_rows
 from tests.conftest import post_chat
 
+API_KEY = "test-api-key-0123456789abcdef0123456789"
+
+
+async def post_as_user(client, message: str, user: str, path: str = "/api/chat"):
+    """A request from a known user (an API-key caller names them), so it counts as theirs."""
+    headers = {"X-API-Key": API_KEY, "X-User-Id": user}
+    return await client.post(path, json={"message": message}, headers=headers)
+
 
 async def test_chat_over_the_limit_is_429_with_headers_and_no_row(make_client):
     client = await make_client(CHAT_RATE_LIMIT_PER_MINUTE="2")
@@ -31,17 +39,19 @@ async def test_chat_over_the_limit_is_429_with_headers_and_no_row(make_client):
 
 async def test_limits_are_per_user_and_per_queue(make_client):
     client = await make_client(
-        CHAT_RATE_LIMIT_PER_MINUTE="1", DEEP_RESEARCH_RATE_LIMIT_PER_5MIN="1"
+        CHAT_RATE_LIMIT_PER_MINUTE="1",
+        DEEP_RESEARCH_RATE_LIMIT_PER_5MIN="1",
+        BIOAGENTS_API_KEY=API_KEY,
     )
     start = "/api/deep-research/start"
 
-    assert (await post_chat(client, "alice chat", user="alice"))[0].status == 202
-    assert (await post_chat(client, "alice again", user="alice"))[0].status == 429
-    assert (await post_chat(client, "bob chat", user="bob"))[0].status == 202
-    assert (await post_chat(client, "alice research", user="alice", path=start))[0].status == 202
-    limited, body = await post_chat(client, "more research", user="alice", path=start)
+    assert (await post_as_user(client, "alice chat", "alice")).status == 202
+    assert (await post_as_user(client, "alice again", "alice")).status == 429
+    assert (await post_as_user(client, "bob chat", "bob")).status == 202
+    assert (await post_as_user(client, "alice research", "alice", start)).status == 202
+    limited = await post_as_user(client, "more research", "alice", start)
     assert limited.status == 429
-    assert 1 <= body["retryAfter"] <= 300
+    assert 1 <= (await limited.json())["retryAfter"] <= 300
 
 
 async def test_status_and_message_reads_are_not_limited(make_client):

@@ -8,8 +8,12 @@ import itertools
 
 import pytest
 
+from bioagents.config import Settings
+from bioagents.jobs.base import JobState
+from bioagents.jobs.inprocess import InProcessJobQueue
+from bioagents.jobs.spec import CHAT, queue_specs
 from tests.api_support import chat_status_when, get_json, message_when, research_status_when
-from tests.conftest import events_until, open_socket, post_chat, subscribe
+from tests.conftest import BASE_ENV, events_until, open_socket, post_chat, subscribe, wait_for
 from tests.fake_openai import FakeOpenAI
 
 TOLERANCE = 0.5  # seconds, as the SPEC allows
@@ -157,3 +161,40 @@ async def test_retried_deep_research_resumes_after_the_last_stored_stage(llm_cli
     _, message = await get_json(llm_client, f"/api/messages/{accepted['messageId']}")
     assert message["state"]["planning"] == fake_llm.requests[0].reply
     await ws.close()
+
+
+class _FailsWithAHugeError:
+    """A handler whose every attempt fails with an error far longer than 4 KiB."""
+
+    async def run(self, attempt):
+        raise RuntimeError(f"attempt {attempt.attempt} failed: " + "é" * 5000 + " THE END")
+
+    async def on_completed(self, attempt, result):
+        raise AssertionError("never completes")
+
+    async def on_failed(self, attempt, error, final):
+        return None
+
+
+async def test_in_process_jobs_keep_ten_attempts_errors_with_tracebacks_cut_to_4_kib():
+    spec = queue_specs(Settings.from_env(BASE_ENV))[CHAT].with_(retries=2, backoff_base=0.0)
+    jobs = InProcessJobQueue({CHAT: spec}, _FailsWithAHugeError())
+    try:
+        await jobs.enqueue(CHAT, "job-1", {})
+        for round_number in range(4):  # four rounds of three attempts: 12 failures
+            if round_number:
+                await jobs.retry(CHAT, "job-1")
+
+            async def failed():
+                return (await jobs.get(CHAT, "job-1")).state is JobState.FAILED
+
+            await wait_for(failed, timeout=5)
+        errors = (await jobs.get(CHAT, "job-1")).errors
+    finally:
+        await jobs.close()
+
+    assert [error.attempt for error in errors] == [3, 1, 2, 3, 1, 2, 3, 1, 2, 3]
+    for error in errors:
+        assert len(error.traceback.encode()) <= 4096
+        assert error.traceback.startswith("… (cut)")
+        assert error.traceback.rstrip().endswith("THE END")  # the end names the error

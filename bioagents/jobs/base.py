@@ -29,6 +29,8 @@ class JobState(str, enum.Enum):
 STATES = tuple(JobState)
 STALLED_TWICE = "job stalled more than allowable limit"
 MAX_STALLS = 2  # the second stall fails the job (SPEC §6)
+KEPT_ATTEMPT_ERRORS = 10  # a job keeps the errors of its last 10 attempts (SPEC §12)
+MAX_TRACEBACK_BYTES = 4096  # each of them with its traceback cut to 4 KiB (SPEC §12)
 
 
 class JobError(Exception):
@@ -273,3 +275,13 @@ def describe_traceback(trace: str, timeout: float = 0) -> str:
     if timeout and last.split(":")[0] in ("TimeoutError", "asyncio.exceptions.TimeoutError"):
         return f"job timed out after {timeout:g} s"
     return last or "failed"
+
+
+def cut_traceback(trace: str) -> str:
+    """The traceback's last MAX_TRACEBACK_BYTES: its end names the error and where it rose."""
+    raw = trace.encode("utf-8", "surrogateescape")
+    if len(raw) <= MAX_TRACEBACK_BYTES:
+        return trace
+    marker = "… (cut)\n"
+    tail = raw[-(MAX_TRACEBACK_BYTES - len(marker.encode())) :]
+    return marker + tail.decode("utf-8", "ignore")

@@ -11,6 +11,7 @@ import logging
 import traceback
 
 from .base import (
+    KEPT_ATTEMPT_ERRORS,
     Attempt,
     AttemptError,
     InvalidJobState,
@@ -20,6 +21,8 @@ from .base import (
     JobQueue,
     JobState,
     QueueCounts,
+    cut_traceback,
+    describe_failure,
     now,
 )
 from .spec import QueueSpec
@@ -118,8 +121,11 @@ class InProcessJobQueue(JobQueue):
 
     async def _attempt_failed(self, q: _Queue, job: JobInfo, attempt: Attempt, error) -> None:
         q.active.pop(job.id, None)
-        message = f"{error.__class__.__name__}: {error}" if str(error) else repr(error)
-        job.errors.append(AttemptError(attempt.attempt, message, traceback.format_exc(), now()))
+        message = describe_failure(error)
+        job.errors.append(
+            AttemptError(attempt.attempt, message, cut_traceback(traceback.format_exc()), now())
+        )
+        del job.errors[:-KEPT_ATTEMPT_ERRORS]
         final = job.attempts_made >= job.max_attempts
         if final:
             job.state = JobState.FAILED

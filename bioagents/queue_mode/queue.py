@@ -31,7 +31,14 @@ from saq.job import TERMINAL_STATUSES, Job, Status
 from saq.queue.redis import PubSubMultiplexer, RedisQueue
 from saq.utils import now
 
-from ..jobs.base import MAX_STALLS, STALLED_TWICE, AttemptError, describe_traceback
+from ..jobs.base import (
+    KEPT_ATTEMPT_ERRORS,
+    MAX_STALLS,
+    STALLED_TWICE,
+    AttemptError,
+    cut_traceback,
+    describe_traceback,
+)
 from ..jobs.spec import QueueSpec
 from . import scripts
 from .pipeline import AutoPipeline, Script
@@ -44,8 +51,6 @@ SAQ_STOP_ERROR = "cancelled"
 # queue keeps it, with the traceback, in `meta["errors"]`.
 ATTEMPT_ERROR = "attempt_error"
 CLAIM = "claim"  # meta key: the claim token of the attempt a worker holds
-MAX_ERRORS_KEPT = 10  # SPEC §12: the errors of the last 10 attempts
-MAX_TRACEBACK = 4096  # SPEC §12: each traceback cut to 4 KiB
 PAUSED_POLL = 0.25  # seconds between looks at a paused queue
 BLOCK_AT_MOST = 1.0  # seconds one BLMOVE blocks, so a stop or a pause is noticed soon
 CLAIM_GRACE_MS = 30_000  # a held job whose worker never marked it active counts as stalled after
@@ -518,11 +523,11 @@ class BioagentsQueue(RedisQueue):
 
     def _keep_error(self, job: Job, error: str | None) -> None:
         """Keep the failed attempt's one-line error and traceback in `meta["errors"]` (the last
-        MAX_ERRORS_KEPT, tracebacks cut), and cut SAQ's `error` (the traceback) the same way."""
-        trace = (error or "")[-MAX_TRACEBACK:]
+        KEPT_ATTEMPT_ERRORS, tracebacks cut), and cut SAQ's `error` (the traceback) the same way."""
+        trace = cut_traceback(error or "")
         line = job.meta.pop(ATTEMPT_ERROR, None) or describe_traceback(trace, job.timeout)
         entry = AttemptError(job.attempts, line, trace, time.time())
-        job.meta["errors"] = [*job.meta.get("errors", ()), entry.to_json()][-MAX_ERRORS_KEPT:]
+        job.meta["errors"] = [*job.meta.get("errors", ()), entry.to_json()][-KEPT_ATTEMPT_ERRORS:]
         job.error = trace or line
 
     # --- what SAQ lacks -------------------------------------------------------------------------
