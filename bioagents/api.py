@@ -9,7 +9,7 @@ import uuid
 import orjson
 from aiohttp import web
 
-from . import auth, job_actions, store
+from . import auth, job_actions, metrics, store
 from .db import Message
 from .errors import ApiError
 from .jobs.base import InvalidJobState, JobNotFound, JobState, QueueUnavailable
@@ -128,6 +128,7 @@ async def _rate_limit(request: web.Request, queue: str, user_id: str) -> dict:
         raise ApiError(503, str(error)) from None
     headers = decision.headers()
     if not decision.allowed:
+        metrics.rate_limited(queue)
         headers["Retry-After"] = str(decision.retry_after)
         raise ApiError(
             429,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import admin, api
+from . import admin, api, metrics
 from .agents.llm import build_llm
 from .backends import open_backend
 from .config import Settings
@@ -27,7 +27,10 @@ RUN_WORKERS = web.AppKey("run_workers", bool)
 def create_app(settings: Settings, *, run_workers: bool | None = None) -> web.Application:
     """The application. In queue mode `run_workers` (default: WORKERS_IN_API) also runs the
     SAQ workers in this process, as `serve --with-worker` does."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[metrics.count_requests, json_errors],
+    )
     app[SETTINGS] = settings
     app[RUN_WORKERS] = settings.workers_in_api if run_workers is None else run_workers
     app.cleanup_ctx.append(_services)
@@ -36,6 +39,7 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> web.Ap
     api.setup_routes(app)
     app.router.add_get("/api/ws", _websocket)
     admin.setup(app)
+    metrics.setup(app)
     app.router.add_static("/static", ROOT / "static", name="static")
     app.router.add_get("/", _home)
     return app
@@ -52,6 +56,9 @@ async def _services(app: web.Application):
     )
     hub = Hub(settings, db)
     backend.notifier.add_listener(hub.deliver)
+    counters = metrics.LocalCounters(lambda: hub.client_count)
+    await counters.start()
+    app[metrics.COUNTERS] = counters
     app[DB], app[LLM_CLIENT], app[BACKEND], app[JOBS], app[HUB] = (
         db,
         llm,
@@ -66,6 +73,7 @@ async def _services(app: web.Application):
         settings.database_url.split("@")[-1],
     )
     yield
+    await counters.close()
     await backend.close()
     await llm.close()
     db.close()
