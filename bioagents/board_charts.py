@@ -93,9 +93,10 @@ def step_path(values: list[float | None], to_y, width_per_value: float, area: bo
 
 
 def nice_ceiling(value: float) -> int:
-    """The smallest of 1, 2, 5 x 10^k that is >= value (at least 1)."""
-    if value <= 1:
-        return 1
+    """The smallest of 1, 2, 5 x 10^k that is >= value, at least 2 (so the middle label is a
+    whole job)."""
+    if value <= 2:
+        return 2
     magnitude = 10 ** math.floor(math.log10(value))
     for step in (1, 2, 5, 10):
         if step * magnitude >= value:
@@ -129,8 +130,8 @@ def seconds_label(seconds: float) -> str:
     if seconds < 100:
         return f"{seconds:g} s"
     if seconds < 2 * 3600:
-        return f"{seconds / 60:.3g} min"
-    return f"{seconds / 3600:.3g} h"
+        return f"{seconds / 60:.2g} min"
+    return f"{seconds / 3600:.2g} h"
 
 
 def times_chart(day: QueueDay) -> Chart:
