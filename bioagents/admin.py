@@ -20,6 +20,7 @@ from aiohttp import web
 from . import board_auth, board_charts, board_templates, job_actions
 from .board_templates import fragment_response, live, page_response
 from .errors import ApiError
+from .history import HistoryUnavailable
 from .jobs.base import (
     STATES,
     InvalidJobState,
@@ -220,7 +221,7 @@ def _interface_errors(handler):
             raise ApiError(404, str(error)) from None
         except InvalidJobState as error:
             raise ApiError(400, str(error)) from None
-        except QueueUnavailable as error:
+        except (QueueUnavailable, HistoryUnavailable) as error:
             raise ApiError(503, f"the job queue is unavailable: {error}") from None
 
     return wrapped
@@ -496,7 +497,7 @@ async def clean_state(request: web.Request) -> web.Response:
     except ValueError:
         older_than = -1.0
     if not (0 <= older_than < math.inf):
-        raise ApiError(400, f"olderThan must be a number of seconds >= 0, got {raw[:40]!r}")
+        raise ApiError(400, f"olderThan must be a number of seconds >= 0, got {str(raw)[:40]!r}")
     jobs, db = request.app[JOBS], request.app[DB]
     notifier = request.app[BACKEND].notifier
     removed = await job_actions.clean(jobs, db, notifier, queue, state, older_than)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 
 from .history import MINUTES, Outcome, QueueDay, quantile
 
@@ -65,7 +66,12 @@ def _number(y: float) -> str:
     return f"{y:.2f}".rstrip("0").rstrip(".")
 
 
-def step_path(values: list[float | None], to_y, width_per_value: float, area: bool) -> str:
+def step_path(
+    values: Sequence[float | None],
+    to_y: Callable[[float], float],
+    width_per_value: float,
+    area: bool,
+) -> str:
     """A step line over `values` (None: a gap), one step of `width_per_value` each."""
     parts: list[str] = []
     drawing = False

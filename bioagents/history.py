@@ -46,6 +46,10 @@ BOUNDS = (
 BUCKETS = len(BOUNDS) + 1  # the last one is above every bound (+Inf)
 
 
+class HistoryUnavailable(Exception):
+    """The store cannot be read (Redis unreachable); the caller answers 503."""
+
+
 class Outcome(str, enum.Enum):
     COMPLETED = "completed"  # the job's last attempt succeeded
     FAILED = "failed"  # it failed for good (retries spent, or stalled twice)
@@ -248,12 +252,12 @@ class History(abc.ABC):
 
     @abc.abstractmethod
     async def totals(self) -> Totals:
-        """All-time counts. Raises nothing the caller must handle beyond the backend's own
-        connection errors (the Redis store: redis-py's)."""
+        """All-time counts. Raises HistoryUnavailable when the store cannot be read."""
 
     @abc.abstractmethod
     async def last_day(self, queue: str, now: float | None = None) -> QueueDay:
-        """The queue's last MINUTES minutes, the current one included."""
+        """The queue's last MINUTES minutes, the current one included. Raises
+        HistoryUnavailable when the store cannot be read."""
 
     async def start(self) -> None:
         """Start background work (the Redis store's flusher)."""
@@ -419,11 +423,24 @@ class RedisHistory(History):
                 raise
 
     async def totals(self) -> Totals:
+        try:
+            return await self._read_totals()
+        except REDIS_ERRORS as error:
+            raise HistoryUnavailable(f"Redis cannot be reached: {error}") from error
+
+    async def _read_totals(self) -> Totals:
         await self.flush()
-        raw = await self.redis.hgetall(self.totals_key)
+        # redis-py annotates its sync and async clients alike (a reply or an awaitable).
+        raw: dict = await self.redis.hgetall(self.totals_key)  # type: ignore[misc]
         return Totals({_text(k): _number(v) for k, v in raw.items()})
 
     async def last_day(self, queue: str, now: float | None = None) -> QueueDay:
+        try:
+            return await self._read_last_day(queue, now)
+        except REDIS_ERRORS as error:
+            raise HistoryUnavailable(f"Redis cannot be reached: {error}") from error
+
+    async def _read_last_day(self, queue: str, now: float | None) -> QueueDay:
         await self.flush()
         current = epoch_minute(time.time() if now is None else now)
         first = current - MINUTES + 1

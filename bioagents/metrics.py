@@ -42,7 +42,7 @@ from redis import exceptions as redis_errors
 
 from .board_auth import PROXY_HEADERS, is_loopback
 from .errors import ApiError
-from .history import BOUNDS, OUTCOMES, TOKEN_KINDS, Totals, TotalsField
+from .history import BOUNDS, OUTCOMES, TOKEN_KINDS, HistoryUnavailable, Totals, TotalsField
 from .jobs.base import STATES, JobQueue, QueueUnavailable
 from .keys import JOBS, SETTINGS
 
@@ -477,7 +477,7 @@ async def metrics_page(request: web.Request) -> web.Response:
     check_access(request)
     try:
         snapshot = await take_snapshot(request.app[JOBS], request.app[COUNTERS])
-    except QueueUnavailable as error:
+    except (QueueUnavailable, HistoryUnavailable) as error:
         raise ApiError(503, f"the job queue is unavailable: {error}") from None
     except REDIS_ERRORS:
         raise ApiError(503, "the job queue is unavailable: Redis cannot be reached") from None
