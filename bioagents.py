@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from bioagents.config import ConfigError, Settings
+
+# Every line but the token command's output goes through logging (LOG_FORMAT=json: one object).
+log = logging.getLogger("bioagents")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except ConfigError as error:
-        print(f"bioagents: configuration error: {error}", file=sys.stderr)
+        from bioagents.logs import print_fatal
+
+        print_fatal(f"configuration error: {error}")
         return 2
 
     from bioagents import logs
@@ -65,6 +71,7 @@ def _install_uvloop() -> None:
 
 
 def _serve(settings: Settings, args) -> int:
+    from bioagents import logs
     from bioagents.app import create_app
     from bioagents.http_server import serve_until_stopped
 
@@ -78,7 +85,7 @@ def _serve(settings: Settings, args) -> int:
         host=host,
         port=port,
         shutdown_timeout=max(5.0, settings.shutdown_grace_seconds),
-        print=lambda text: print(text, flush=True),
+        print=logs.startup_line,
     )
     asyncio.run(serving)
     return 0
@@ -86,10 +93,9 @@ def _serve(settings: Settings, args) -> int:
 
 def _worker(settings: Settings, args) -> int:
     if not settings.use_job_queue:
-        print(
-            "bioagents: the worker command runs in queue mode only: set USE_JOB_QUEUE=true "
-            "(in-process mode runs jobs inside `serve`)",
-            file=sys.stderr,
+        log.error(
+            "the worker command runs in queue mode only: set USE_JOB_QUEUE=true "
+            "(in-process mode runs jobs inside `serve`)"
         )
         return 2
     from bioagents.queue_mode.services import run_worker_process
@@ -106,7 +112,7 @@ def _migrate(settings: Settings) -> int:
         db.migrate()
     finally:
         db.close()
-    print(f"bioagents: tables are up to date ({settings.database_url.split('@')[-1]})")
+    log.info("tables are up to date (%s)", settings.database_url.split("@")[-1])
     return 0
 
 
@@ -114,16 +120,14 @@ def _token(settings: Settings, args) -> int:
     from bioagents.auth import AuthError, issue_token
 
     if args.ttl <= 0 or args.ttl > settings.max_jwt_expiration:
-        print(
-            f"bioagents: --ttl must be between 1 and MAX_JWT_EXPIRATION "
-            f"({settings.max_jwt_expiration})",
-            file=sys.stderr,
+        log.error(
+            "--ttl must be between 1 and MAX_JWT_EXPIRATION (%d)", settings.max_jwt_expiration
         )
         return 2
     try:
         print(issue_token(settings, args.user_id, args.ttl))
     except AuthError as error:
-        print(f"bioagents: {error}", file=sys.stderr)
+        log.error("%s", error)
         return 2
     return 0
 

@@ -31,15 +31,19 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def serve_process(env: dict[str, str], *args: str, log: Path | None = None):
-    """`python bioagents.py serve` on a free 127.0.0.1 port, its stderr in `log` (a temporary
-    file by default); yields (base URL, process); SIGTERM at the end."""
+def serve_process(
+    env: dict[str, str], *args: str, log: Path | None = None, program: list[str] | None = None
+):
+    """`python bioagents.py serve` (or `program`, which takes the same arguments) on a free
+    127.0.0.1 port, its stderr in `log` (a temporary file by default); yields (base URL,
+    process); SIGTERM at the end."""
     port = free_port()
     with contextlib.ExitStack() as stack:
         if log is None:
             log = Path(stack.enter_context(tempfile.TemporaryDirectory())) / "serve.log"
+        command = program or [sys.executable, str(ROOT / "bioagents.py"), "serve"]
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "bioagents.py"), "serve", "--port", str(port), *args],
+            [*command, "--port", str(port), *args],
             env={**os.environ, **env},
             cwd=ROOT,
             stdout=subprocess.DEVNULL,

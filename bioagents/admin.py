@@ -16,11 +16,11 @@ from urllib.parse import quote, urlencode
 import orjson
 from aiohttp import web
 
-from . import board_auth, board_templates, forms, job_actions
+from . import board_auth, board_charts, board_templates, forms, job_actions
 from .board_templates import fragment_response, live, page_response
 from .errors import ApiError
-from .jobs.base import STATES, JobInfo, JobQueue, JobState, QueueCounts
-from .keys import DB, JOBS, NOTIFIER
+from .jobs.base import STATES, JobFilter, JobInfo, JobQueue, JobState, QueueCounts
+from .keys import DB, JOBS, NOTIFIER, SETTINGS
 from .responses import json_response
 
 BASE = "/admin/queues"
@@ -29,6 +29,7 @@ PAGE_SIZE = 25
 MAX_PAGE = 1_000_000
 DEFAULT_STATE = JobState.ACTIVE
 MAX_JOB_ID = 200
+MAX_SEARCH = 200  # characters kept of `user` and `q`
 CLEAN_CHOICES = (  # the board's "older than" menu, in seconds
     (0, "any age"),
     (3600, "older than 1 hour"),
@@ -44,8 +45,17 @@ def _q(value: str) -> str:
     return quote(value, safe="")
 
 
-def queue_url(queue: str, state: str | None = None, page: int | None = None) -> str:
-    query = {k: v for k, v in (("status", state), ("page", page)) if v not in (None, 1)}
+def _search_query(match: JobFilter | None) -> list[tuple[str, str]]:
+    if not match:
+        return []
+    return [(k, v) for k, v in (("user", match.user), ("q", match.text)) if v]
+
+
+def queue_url(
+    queue: str, state: str | None = None, page: int | None = None, match: JobFilter | None = None
+) -> str:
+    query = [(k, v) for k, v in (("status", state), ("page", page)) if v not in (None, 1)]
+    query += _search_query(match)
     return f"{BASE}/queue/{_q(queue)}" + (f"?{urlencode(query)}" if query else "")
 
 
@@ -101,7 +111,8 @@ class JobPage:
     state: JobState
     page: int
     jobs: list[JobInfo]
-    total: int
+    total: int  # jobs in the state, or those matching `match`
+    match: JobFilter = dataclasses.field(default_factory=JobFilter)
 
     @property
     def page_count(self) -> int:
@@ -112,12 +123,23 @@ class JobPage:
         return (self.page - 1) * PAGE_SIZE + 1
 
     def pagination(self) -> dict:
-        return {"page": self.page, "pageSize": PAGE_SIZE, "pageCount": self.page_count}
+        return {
+            "page": self.page,
+            "pageSize": PAGE_SIZE,
+            "pageCount": self.page_count,
+            "total": self.total,
+        }
 
 
-async def _job_page(jobs: JobQueue, summary: QueueSummary, state: JobState, page: int) -> JobPage:
-    listed = await jobs.list(summary.name, state, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-    return JobPage(state, page, listed, getattr(summary.counts, state.value))
+async def _job_page(
+    jobs: JobQueue, summary: QueueSummary, state: JobState, page: int, match: JobFilter
+) -> JobPage:
+    offset = (page - 1) * PAGE_SIZE
+    if match:
+        found = await jobs.search(summary.name, state, match, offset, PAGE_SIZE)
+        return JobPage(state, page, found.jobs, found.total, match)
+    listed = await jobs.list(summary.name, state, offset, PAGE_SIZE)
+    return JobPage(state, page, listed, getattr(summary.counts, state.value), match)
 
 
 def job_json(job: JobInfo) -> dict:
@@ -156,6 +178,13 @@ def _page(request: web.Request) -> int:
     return page
 
 
+def _search(request: web.Request) -> JobFilter:
+    """`?user=` (a user id, exactly) and `?q=` (text in the question; failed: or the error)."""
+    user = request.query.get("user", "").strip()[:MAX_SEARCH]
+    text = request.query.get("q", "").strip()[:MAX_SEARCH]
+    return JobFilter(user=user or None, text=text or None)
+
+
 async def _job_or_404(jobs: JobQueue, queue: str, job_id: str) -> JobInfo:
     job = await jobs.get(queue, job_id)
     if job is None:
@@ -173,6 +202,7 @@ async def _job_or_404(jobs: JobQueue, queue: str, job_id: str) -> JobInfo:
 def _common(request: web.Request, **context) -> dict:
     return {
         "csrf_token": request[board_auth.CSRF_TOKEN],
+        "read_only": request.app[SETTINGS].admin_read_only,
         "now": time.time(),
         "states": [state.value for state in STATES],
         **context,
@@ -183,9 +213,13 @@ OVERVIEW_FRAGMENT = f"{BASE}/fragments/overview"
 
 
 async def overview_page(request: web.Request) -> web.Response:
-    context = _common(request, queues=await _summaries(request.app[JOBS]))
+    jobs = request.app[JOBS]
+    context = _common(request, queues=await _summaries(jobs))
     cards = live(request, "_cards.html", "overview-live", OVERVIEW_FRAGMENT, **context)
-    return page_response(request, "overview.html", live_cards=cards, **context)
+    history = await _live_history(request, list(jobs.specs))
+    return page_response(
+        request, "overview.html", live_cards=cards, live_history=history, **context
+    )
 
 
 async def overview_fragment(request: web.Request) -> web.Response:
@@ -197,30 +231,66 @@ async def _list_context(request: web.Request) -> dict:
     queue = _queue_name(request)
     state = _state(request.query.get("status", DEFAULT_STATE.value))
     page = _page(request)
+    match = _search(request)
     jobs = request.app[JOBS]
     summary = await _summary(jobs, queue)
-    listing = await _job_page(jobs, summary, state, page)
+    listing = await _job_page(jobs, summary, state, page, match)
     return _common(request, queue=summary, listing=listing, clean_choices=CLEAN_CHOICES)
 
 
-def _list_fragment_url(queue: str, state: JobState, page: int) -> str:
-    query = urlencode({"status": state.value, "page": page})
-    return f"{BASE}/fragments/queue/{_q(queue)}?{query}"
+def _list_fragment_url(queue: str, listing: JobPage) -> str:
+    query = [("status", listing.state.value), ("page", str(listing.page))]
+    query += _search_query(listing.match)
+    return f"{BASE}/fragments/queue/{_q(queue)}?{urlencode(query)}"
 
 
 async def queue_page(request: web.Request) -> web.Response:
     context = await _list_context(request)
-    listing = context["listing"]
-    url = _list_fragment_url(context["queue"].name, listing.state, listing.page)
+    queue = context["queue"].name
+    url = _list_fragment_url(queue, context["listing"])
     jobs = live(request, "_jobs.html", "jobs-live", url, **context)
-    return page_response(request, "queue.html", live_jobs=jobs, **context)
+    history = await _live_history(request, [queue])
+    return page_response(request, "queue.html", live_jobs=jobs, live_history=history, **context)
 
 
 async def queue_fragment(request: web.Request) -> web.Response:
     context = await _list_context(request)
-    listing = context["listing"]
-    url = _list_fragment_url(context["queue"].name, listing.state, listing.page)
+    url = _list_fragment_url(context["queue"].name, context["listing"])
     return fragment_response(request, "_jobs.html", "jobs-live", url, **context)
+
+
+# History charts: the overview shows every queue's, a queue's page its own.
+HISTORY_FRAGMENT = f"{BASE}/fragments/history"
+
+
+def _history_url(queues: list[str], jobs: JobQueue) -> str:
+    if queues == list(jobs.specs):
+        return HISTORY_FRAGMENT
+    return f"{HISTORY_FRAGMENT}?{urlencode([('queue', name) for name in queues])}"
+
+
+async def _history_context(request: web.Request, queues: list[str]) -> dict:
+    history = request.app[JOBS].history
+    days = await asyncio.gather(*(history.last_day(name) for name in queues))
+    return _common(request, histories=[board_charts.queue_charts(day) for day in days])
+
+
+async def _live_history(request: web.Request, queues: list[str]):
+    context = await _history_context(request, queues)
+    url = _history_url(queues, request.app[JOBS])
+    return live(request, "_history.html", "history-live", url, **context)
+
+
+async def history_fragment(request: web.Request) -> web.Response:
+    jobs = request.app[JOBS]
+    asked = request.query.getall("queue", [])
+    for name in asked:
+        if name not in jobs.specs:
+            raise ApiError(404, f"there is no queue named {name[:60]!r}")
+    queues = [name for name in jobs.specs if name in asked] if asked else list(jobs.specs)
+    context = await _history_context(request, queues)
+    url = _history_url(queues, jobs)
+    return fragment_response(request, "_history.html", "history-live", url, **context)
 
 
 def _job_fragment_url(queue: str, job_id: str) -> str:
@@ -271,13 +341,14 @@ async def trailing_slash(request: web.Request) -> web.Response:
 async def api_queues(request: web.Request) -> web.Response:
     jobs = request.app[JOBS]
     status = request.query.get("status")
-    if status is None and "page" in request.query:
-        raise ApiError(400, "page needs status: ?status=<state>&page=<n>")
+    for name in ("page", "user", "q"):
+        if status is None and name in request.query:
+            raise ApiError(400, f"{name} needs status: ?status=<state>&{name}=…")
     summaries = await _summaries(jobs)
     queues = [summary.to_json() for summary in summaries]
     if status is not None:
-        state, page = _state(status), _page(request)
-        pages = await asyncio.gather(*(_job_page(jobs, s, state, page) for s in summaries))
+        state, page, match = _state(status), _page(request), _search(request)
+        pages = await asyncio.gather(*(_job_page(jobs, s, state, page, match) for s in summaries))
         for body, listing in zip(queues, pages, strict=True):
             body["jobs"] = [job_json(job) for job in listing.jobs]
             body["pagination"] = listing.pagination()
@@ -367,7 +438,7 @@ async def clean_state(request: web.Request) -> web.Response:
     except ValueError:
         older_than = -1.0
     if not (0 <= older_than < math.inf):
-        raise ApiError(400, f"olderThan must be a number of seconds >= 0, got {raw[:40]!r}")
+        raise ApiError(400, f"olderThan must be a number of seconds >= 0, got {str(raw)[:40]!r}")
     jobs, db = request.app[JOBS], request.app[DB]
     notifier = request.app[NOTIFIER]
     removed = await job_actions.clean(jobs, db, notifier, queue, state, older_than)
@@ -400,6 +471,7 @@ def setup(app: web.Application) -> None:
     router.add_get(OVERVIEW_FRAGMENT, overview_fragment)
     router.add_get(f"{BASE}/fragments/queue/{{queue}}", queue_fragment)
     router.add_get(f"{BASE}/fragments/queue/{{queue}}/{{jobId}}", job_fragment)
+    router.add_get(HISTORY_FRAGMENT, history_fragment)
 
     router.add_get(API, api_queues)
     router.add_get(f"{API}/{{queue}}/{{jobId}}", api_job)

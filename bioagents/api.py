@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import auth, forms, job_actions, store
+from . import auth, forms, job_actions, metrics, store
 from .db import Message
 from .errors import ApiError
 from .jobs.base import JobState
@@ -117,6 +117,7 @@ async def _rate_limit(request: web.Request, queue: str, identity: auth.Identity)
     decision = await limiter.hit(key, limit, RATE_WINDOWS[queue])
     headers = decision.headers()
     if not decision.allowed:
+        metrics.rate_limited(queue)
         headers["Retry-After"] = str(decision.retry_after)
         raise ApiError(
             429,

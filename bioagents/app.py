@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from . import admin, api, security
+from . import admin, api, metrics, security
 from .agents.llm import build_llm
 from .backends import job_system
 from .config import Settings
@@ -24,7 +24,10 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, *, run_workers: bool | None = None) -> web.Application:
     """The application. In queue mode `run_workers` (default: WORKERS_IN_API) also runs the
     SAQ workers in this process, as `serve --with-worker` does."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[metrics.count_requests, json_errors],
+    )
     app[SETTINGS] = settings
     app[RUN_WORKERS] = settings.workers_in_api if run_workers is None else run_workers
     security.setup(app)
@@ -34,6 +37,7 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> web.Ap
     api.setup_routes(app)
     app.router.add_get("/api/ws", _websocket)
     admin.setup(app)
+    metrics.setup(app)
     app.router.add_static("/static", resource_dir("static"), name="static")
     app.router.add_get("/", _home)
     return app

@@ -1,6 +1,6 @@
 """The one place that picks the implementations of a mode (SPEC §1): the job queue, the
-notifier, the rate limiter and what runs jobs in this process. Everything else talks to the
-interfaces, found under the app's typed keys."""
+notifier, the rate limiter, the metrics counters and what runs jobs in this process.
+Everything else talks to the interfaces, found under the app's typed keys."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from . import metrics
 from .jobs.handler import AgentJobHandler
 from .jobs.inprocess import InProcessJobQueue
 from .jobs.spec import queue_specs
-from .keys import DB, JOBS, LIMITER, LLM_CLIENT, NOTIFIER, RUN_WORKERS, RUNNER, SETTINGS
+from .keys import DB, HUB, JOBS, LIMITER, LLM_CLIENT, NOTIFIER, RUN_WORKERS, RUNNER, SETTINGS
 from .notify import LocalNotifier
 from .ratelimit import MemoryRateLimiter
 from .recovery import requeue_pending
@@ -52,5 +53,14 @@ async def job_system(app: web.Application) -> AsyncIterator[None]:
                 MemoryRateLimiter(),
                 jobs,
             )
+        websockets = lambda: app[HUB].client_count if HUB in app else 0  # noqa: E731
+        counters = (
+            metrics.RedisCounters(services.redis, websockets)
+            if settings.use_job_queue
+            else metrics.LocalCounters(websockets)
+        )
+        await counters.start()
+        stack.push_async_callback(counters.close)
+        app[metrics.COUNTERS] = counters
         await requeue_pending(db, app[JOBS])
         yield

@@ -185,6 +185,8 @@ async def board_guard(request: web.Request, handler):
     request[PRINCIPAL] = principal
     request[CSRF_TOKEN] = token
     if request.method not in ("GET", "HEAD", "OPTIONS"):
+        if request.app[SETTINGS].admin_read_only:
+            raise ApiError(403, "the admin board is read-only (ADMIN_READ_ONLY=true)")
         try:
             csrf.check_origin(request)
             await csrf.check_token(request, token)

@@ -12,6 +12,7 @@ from . import hosts
 
 TRUE_WORDS = {"true", "1", "yes"}
 MIN_SECRET_BYTES = 32
+FALSE_WORDS = {"false", "0", "no"}
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,8 @@ class Settings:
     offline_delay: float = 0.0
     log_level: str = "INFO"
     log_format: str = "text"
+    metrics_token: str = ""  # set: /metrics needs it as a bearer token; unset: loopback only
+    admin_read_only: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -90,6 +93,8 @@ class Settings:
                 env, "LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}, upper=True
             ),
             log_format=_choice(env, "LOG_FORMAT", "text", {"text", "json"}),
+            metrics_token=env.get("METRICS_TOKEN", "").strip(),
+            admin_read_only=_flag(env, "ADMIN_READ_ONLY", False),
         )
         values.update(overrides)
         settings = cls(**values)
@@ -143,6 +148,18 @@ def _bounds(name, value, minimum, maximum) -> None:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     if maximum is not None and value > maximum:
         raise ConfigError(f"{name} must be at most {maximum}, got {value}")
+
+
+def _flag(env, name, default: bool) -> bool:
+    """A yes/no setting that refuses anything else: a typo must not flip a safety switch."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {env[name]!r}")
 
 
 def _choice(env, name, default, allowed, *, upper=False) -> str:

@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
 from .auth import AuthError
+from .history import HistoryUnavailable
 from .jobs.base import InvalidJobState, JobNotFound, QueueUnavailable, UnknownQueue
 from .keys import SETTINGS
 from .responses import json_response
@@ -49,6 +50,7 @@ STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
 # A part that cannot be reached: answered 503 naming the part, never its address or error text.
 UNAVAILABLE_PART: tuple[tuple[type[Exception], str], ...] = (
     (QueueUnavailable, "redis"),
+    (HistoryUnavailable, "redis"),
     (pw.OperationalError, "database"),
     (pw.InterfaceError, "database"),
 )

@@ -13,7 +13,7 @@ import uuid
 import orjson
 from aiohttp import WSMsgType, web
 
-from . import auth, store
+from . import auth, metrics, store
 from .config import Settings
 from .db import Database
 
@@ -79,7 +79,9 @@ class Hub:
 
     def deliver(self, conversation_id: str, text: str) -> None:
         """Notifier listener: queue the event for every socket subscribed to the conversation."""
-        for client in self._subscribers.get(conversation_id, ()):
+        subscribers = self._subscribers.get(conversation_id, ())
+        metrics.notifications_delivered(text, len(subscribers))
+        for client in subscribers:
             client.send(text)
 
     async def close(self) -> None:

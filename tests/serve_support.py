@@ -71,6 +71,19 @@ class Served:
         urllib.request.urlopen(urllib.request.Request(self.llm_url + path, method="POST"))
 
 
+def outside_failed_jobs(log: str) -> str:
+    """The log without the lines SAQ's worker writes for a job attempt that failed ("Error
+    processing job" and its traceback): a failed job's traceback belongs in the log (SPEC §12);
+    a request's does not."""
+    kept, skipping = [], False
+    for line in log.splitlines():
+        if re.match(r"\d{4}-\d\d-\d\d", line):
+            skipping = "Error processing job" in line
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept)
+
+
 def assert_quiet(log: str, requests: int) -> None:
     """What bad input may leave in the log: no traceback, no ERROR, and at most one WARNING
     line per request (SPEC §12)."""

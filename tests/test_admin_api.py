@@ -36,7 +36,7 @@ async def test_status_and_page_add_the_jobs_of_that_state_newest_first(client):
     first = await (await client.get("/admin/queues/api/queues?status=completed")).json()
     chat, research = first["queues"]
     assert [job["id"] for job in chat["jobs"]] == ids[::-1][:25]
-    assert chat["pagination"] == {"page": 1, "pageSize": 25, "pageCount": 2}
+    assert chat["pagination"] == {"page": 1, "pageSize": 25, "pageCount": 2, "total": 27}
     assert research["jobs"] == []
     job = chat["jobs"][0]
     assert job["state"] == "completed"

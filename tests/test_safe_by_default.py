@@ -20,7 +20,14 @@ import pytest
 from tests import serve_support
 from tests.admin_support import FAIL_MARK
 from tests.queue.conftest import ROOT, free_port
-from tests.serve_support import API_KEY, MODES, SECRET, assert_quiet, raw_request
+from tests.serve_support import (
+    API_KEY,
+    MODES,
+    SECRET,
+    assert_quiet,
+    outside_failed_jobs,
+    raw_request,
+)
 from tests.test_cli import clean_env
 
 BOARD_API = "/admin/queues/api/queues"
@@ -184,12 +191,12 @@ async def test_3_retries_count_against_the_users_rate_limit(served, http, mode):
     assert_error(status, body, 429)
     assert int(headers["Retry-After"]) == body["retryAfter"] >= 1
     assert (await job_state(http, server, "chat", accepted["jobId"]))["state"] == "failed"
-    assert "Traceback" not in server.log_since(mark)
+    assert "Traceback" not in outside_failed_jobs(server.log_since(mark))
 
 
-async def test_3_a_job_keeps_the_errors_of_its_last_10_attempts(served, http):
-    # In-process mode only: queue mode's job records are being rewritten by the lead.
-    server = await served("in-process", fake_llm=True)
+@pytest.mark.parametrize("mode", MODES)
+async def test_3_a_job_keeps_the_errors_of_its_last_10_attempts(served, http, mode):
+    server = await served(mode, fake_llm=True)
     accepted = await ask(http, server, f"{FAIL_MARK} {'x' * 6000}")
     retry = f"/api/chat/retry/{accepted['jobId']}"
     for _ in range(3):  # three rounds of four attempts: 12 failed attempts

@@ -11,10 +11,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from ..history import History, NotRecorded
 from .spec import QueueSpec
 
 
@@ -146,6 +148,37 @@ class QueueCounts:
         return dataclasses.asdict(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class JobFilter:
+    """What a job list is narrowed to (SPEC §7 search). Empty fields match every job."""
+
+    user: str | None = None  # the job's user id, exactly
+    text: str | None = None  # in the question, any case; for failed jobs also in the error
+
+    def __bool__(self) -> bool:
+        return bool(self.user or self.text)
+
+    @functools.cached_property
+    def _folded(self) -> str:
+        return (self.text or "").casefold()
+
+    def matches(self, job: JobInfo) -> bool:
+        data = job.data
+        if self.user and data.get("userId") != self.user:
+            return False
+        if not self.text:
+            return True
+        if self._folded in str(data.get("question", "")).casefold():
+            return True
+        return job.state is JobState.FAILED and self._folded in (job.error or "").casefold()
+
+
+@dataclasses.dataclass
+class SearchResult:
+    jobs: list[JobInfo]  # the requested page, newest first
+    total: int  # how many jobs in the state match, for the pager
+
+
 @dataclasses.dataclass
 class Attempt:
     """One run of a job, handed to the JobHandler by the queue implementation."""
@@ -188,6 +221,9 @@ class JobQueue(abc.ABC):
     cannot be reached and UnknownQueue for a queue name outside `specs`."""
 
     specs: dict[str, QueueSpec]
+    # Where the queue's jobs are recorded as they end (history.py): the board's charts and the
+    # counters of /metrics read it. An implementation that runs jobs sets its own.
+    history: History = NotRecorded()
 
     async def start(self) -> None:
         """Open connections and start background tasks (runners, sweepers)."""
@@ -234,6 +270,26 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     async def list(self, queue: str, state: JobState, offset: int, limit: int) -> list[JobInfo]:
         """Jobs in `state`, newest first."""
+
+    async def search(
+        self, queue: str, state: JobState, match: JobFilter, offset: int, limit: int
+    ) -> SearchResult:
+        """Jobs in `state` that `match` accepts, newest first, and how many there are.
+
+        This version reads the whole state through `list` a thousand at a time: correct for
+        any implementation; implementations override it with a faster one."""
+        found: list[JobInfo] = []
+        total, start, batch = 0, 0, 1000
+        while True:
+            jobs = await self.list(queue, state, start, batch)
+            for job in jobs:
+                if match.matches(job):
+                    if offset <= total < offset + limit:
+                        found.append(job)
+                    total += 1
+            if len(jobs) < batch:
+                return SearchResult(found, total)
+            start += batch
 
     @abc.abstractmethod
     async def clean(self, queue: str, state: JobState, older_than: float) -> int:

@@ -10,17 +10,21 @@ import itertools
 import logging
 import traceback
 
+from .. import logs
+from ..history import History, MemoryHistory, Outcome
 from .base import (
     KEPT_ATTEMPT_ERRORS,
     Attempt,
     AttemptError,
     InvalidJobState,
+    JobFilter,
     JobHandler,
     JobInfo,
     JobNotFound,
     JobQueue,
     JobState,
     QueueCounts,
+    SearchResult,
     cut_traceback,
     describe_failure,
     now,
@@ -54,9 +58,12 @@ class _Queue:
 
 
 class InProcessJobQueue(JobQueue):
-    def __init__(self, specs: dict[str, QueueSpec], handler: JobHandler):
+    def __init__(
+        self, specs: dict[str, QueueSpec], handler: JobHandler, history: History | None = None
+    ):
         self.specs = specs
         self.handler = handler
+        self.history = MemoryHistory() if history is None else history
         self._queues = {name: _Queue(spec) for name, spec in specs.items()}
         self._closing = False
 
@@ -99,6 +106,11 @@ class InProcessJobQueue(JobQueue):
             max_attempts=job.max_attempts,
             set_progress=set_progress,
         )
+        with logs.job_context(job.id, q.spec.name, attempt.attempt, job.data.get("conversationId")):
+            await self._attempt(q, job, attempt)
+
+    async def _attempt(self, q: _Queue, job: JobInfo, attempt: Attempt) -> None:
+        log.debug("attempt %d of %d started", attempt.attempt, attempt.max_attempts)
         try:
             result = await self.handler.run(attempt)
         except asyncio.CancelledError:
@@ -114,6 +126,8 @@ class InProcessJobQueue(JobQueue):
             job.finished_at = now()
             q.completed[job.id] = None
             self._trim(q)
+            self.history.finished(q.spec.name, Outcome.COMPLETED, job.wait_seconds, job.run_seconds)
+            log.debug("completed in %.3f s", job.run_seconds)
             await self._call_hook(self.handler.on_completed(attempt, result))
         finally:
             q.active.pop(job.id, None)
@@ -132,8 +146,12 @@ class InProcessJobQueue(JobQueue):
             job.finished_at = now()
             q.failed[job.id] = None
             self._trim(q)
+            self.history.finished(q.spec.name, Outcome.FAILED, job.wait_seconds, job.run_seconds)
+            log.warning("attempt %d failed, the last: %s", attempt.attempt, message)
         else:
             delay = q.spec.backoff(job.attempts_made)
+            self.history.retried(q.spec.name)
+            log.info("attempt %d failed, next in %g s: %s", attempt.attempt, delay, message)
             job.state = JobState.DELAYED
             job.run_at = now() + delay
             q.delayed[job.id] = asyncio.get_running_loop().call_later(
@@ -205,6 +223,7 @@ class InProcessJobQueue(JobQueue):
         )
         q.jobs[job_id] = job
         q.waiting[job_id] = None
+        self.history.enqueued(queue)
         self._pump(q)
         return job
 
@@ -222,6 +241,7 @@ class InProcessJobQueue(JobQueue):
         job.result = None
         job.queued_at = now()
         q.waiting[job_id] = None
+        self.history.enqueued(queue)
         self._pump(q)
         return job
 
@@ -274,12 +294,15 @@ class InProcessJobQueue(JobQueue):
     async def list(self, queue: str, state: JobState, offset: int, limit: int) -> list[JobInfo]:
         q = self._queue(queue)
         self._trim(q)
-        ids = q.index(JobState(state))
-        if state in (JobState.ACTIVE, JobState.DELAYED):
-            jobs = sorted((q.jobs[i] for i in ids), key=lambda j: j.queued_at, reverse=True)
-            return jobs[offset : offset + limit]
-        newest_first = reversed(ids.keys())
-        return [q.jobs[i] for i in itertools.islice(newest_first, offset, offset + limit)]
+        return list(itertools.islice(_newest_first(q, JobState(state)), offset, offset + limit))
+
+    async def search(
+        self, queue: str, state: JobState, match: JobFilter, offset: int, limit: int
+    ) -> SearchResult:
+        q = self._queue(queue)
+        self._trim(q)
+        found = [job for job in _newest_first(q, JobState(state)) if match.matches(job)]
+        return SearchResult(found[offset : offset + limit], len(found))
 
     async def clean(self, queue: str, state: JobState, older_than: float) -> int:
         q = self._queue(queue)
@@ -308,3 +331,10 @@ class InProcessJobQueue(JobQueue):
     async def health(self) -> dict:
         # The SPEC's health shape always names Redis; this mode does not use it.
         return {"redis": "disabled"}
+
+
+def _newest_first(q: _Queue, state: JobState):
+    ids = q.index(state)
+    if state in (JobState.ACTIVE, JobState.DELAYED):
+        return iter(sorted((q.jobs[i] for i in ids), key=lambda j: j.queued_at, reverse=True))
+    return (q.jobs[i] for i in reversed(ids.keys()))

@@ -117,6 +117,7 @@ class SaqJobQueue(JobQueue):
                 existing = await self.get(queue, job_id)
                 if existing is not None:
                     return existing
+        self.history.enqueued(queue)
         return job_info(queue, job, 0)
 
     async def get(self, queue: str, job_id: str) -> JobInfo | None:
@@ -166,6 +167,7 @@ class SaqJobQueue(JobQueue):
             raise JobNotFound(f"job {job_id} is not in queue {queue}")
         if done < 0:
             raise InvalidJobState(f"job {job_id} is no longer failed")
+        self.history.enqueued(queue)
         return job_info(queue, job, 0)
 
     async def retry_failed(self, queue: str) -> int:

@@ -78,9 +78,10 @@ class BioagentsQueue(RedisQueue):
         super().__init__(redis, name, dump, load, max_concurrent_ops, swept_error_message)
         self.spec = spec
         self.stopping = False  # set by our Worker's stop: dequeue takes nothing more
-        # Called after the sweep failed a job on its second stall (set by our Worker, which
-        # tells the job's handler): the worker that ran it is gone and cannot.
-        self.on_stalled_out: Callable[[Job], Awaitable[None]] | None = None
+        # Called after the sweep recovered a stalled job, with whether it failed it (on its
+        # second stall); set by our Worker, which tells the job's handler and the history:
+        # the worker that ran it is gone and cannot.
+        self.on_stalled: Callable[[Job, bool], Awaitable[None]] | None = None
         self._claims = self.namespace("claims")
         self._completed = self.namespace("completed")
         self._failed = self.namespace("failed")
@@ -507,6 +508,8 @@ class BioagentsQueue(RedisQueue):
         if stalls < MAX_STALLS:
             logger.warning("job %s stalled (its worker stopped); starting it again", job.id)
             await self._put_back(job)
+            if self.on_stalled is not None:
+                await self.on_stalled(job, False)
             return
         logger.warning("job %s stalled twice; failing it", job.id)
         job.meta[ATTEMPT_ERROR] = STALLED_TWICE
@@ -516,8 +519,8 @@ class BioagentsQueue(RedisQueue):
             error=f"attempt {job.attempts} lost its worker (no heartbeat for {job.heartbeat} s), "
             "the second stall of this job",
         )
-        if self.on_stalled_out is not None:
-            await self.on_stalled_out(job)
+        if self.on_stalled is not None:
+            await self.on_stalled(job, True)
 
     # --- the attempt errors SAQ does not keep -----------------------------------------------
 

@@ -20,6 +20,7 @@ import orjson
 from ..agents.llm import LLM, build_llm
 from ..config import Settings
 from ..db import Database
+from ..history import RedisHistory
 from ..jobs.base import JobHandler
 from ..jobs.handler import AgentJobHandler
 from ..jobs.spec import QueueSpec, queue_specs
@@ -56,15 +57,18 @@ class QueueServices:
             )
             for name, spec in specs.items()
         }
+        self.history = RedisHistory(self.redis)
         self.jobs = SaqJobQueue(
             self.queues, self.pipeline, stalled_interval=settings.stalled_interval
         )
+        self.jobs.history = self.history
         self.notifier = RedisNotifier(
             self.pipeline, (lambda: connect(url, "pubsub")) if subscribe else None
         )
         self.limiter = RedisRateLimiter(self.pipeline)
 
     async def close(self) -> None:
+        await self.history.close()
         await self.notifier.close()
         await self.limiter.close()
         for queue in self.queues.values():
@@ -83,6 +87,7 @@ class QueueServices:
                 Worker(
                     self.queues[name],
                     handler,
+                    self.history,
                     stalled_interval=self.settings.stalled_interval,
                     shutdown_grace=self.settings.shutdown_grace_seconds,
                 )
@@ -104,6 +109,7 @@ async def open_queue_services(
     everything connects (again) by itself."""
     services = QueueServices(settings, specs, subscribe=subscribe)
     try:
+        await services.history.start()
         await services.notifier.start()
         yield services
     finally:

@@ -25,6 +25,8 @@ from typing import Any
 from saq import Worker as SaqWorker
 from saq.job import Job, Status
 
+from .. import logs
+from ..history import History, Outcome
 from ..jobs.base import STALLED_TWICE, Attempt, JobHandler, describe_failure
 from .queue import ATTEMPT_ERROR, BioagentsQueue
 
@@ -47,6 +49,7 @@ class Worker(SaqWorker):
         self,
         queue: BioagentsQueue,
         handler: JobHandler,
+        history: History,
         *,
         stalled_interval: float,
         shutdown_grace: float,
@@ -56,6 +59,7 @@ class Worker(SaqWorker):
             raise ValueError("our Worker runs queues built with a QueueSpec")
         self.bio_queue = queue
         self.handler = handler
+        self.history = history
         self.touch_every = max(0.2, stalled_interval / 3)
         self.grace = shutdown_grace
         super().__init__(
@@ -75,7 +79,7 @@ class Worker(SaqWorker):
             shutdown_grace_period_s=int(PUT_BACK_TIMEOUT),
         )
         self.ready = asyncio.Event()
-        queue.on_stalled_out = self.stalled_out
+        queue.on_stalled = self.stalled
         self._attempts: dict[int, Attempt] = {}  # id(job) → its attempt
         self._heartbeats: dict[int, asyncio.Task] = {}
         self._upkeep: list[asyncio.Task] = []
@@ -101,11 +105,12 @@ class Worker(SaqWorker):
             set_progress=set_progress,
         )
         self._attempts[id(job)] = attempt
-        try:
-            return await self.handler.run(attempt)
-        except Exception as error:
-            job.meta[ATTEMPT_ERROR] = describe_failure(error)
-            raise
+        with logs.job_context(job.key, attempt.queue, attempt.attempt, data.get("conversationId")):
+            try:
+                return await self.handler.run(attempt)
+            except Exception as error:
+                job.meta[ATTEMPT_ERROR] = describe_failure(error)
+                raise
 
     async def before_attempt(self, ctx: Any) -> None:
         job: Job = ctx["job"]
@@ -144,18 +149,33 @@ class Worker(SaqWorker):
                 attempt.attempt,
             )
             return
+        name = self.bio_queue.name
         if job.status is Status.COMPLETE:
+            self._finished(job, Outcome.COMPLETED)
             await self._hook(self.handler.on_completed(attempt, job.result))
         elif job.status is Status.FAILED:
+            timed_out = isinstance(ctx.get("exception"), TimeoutError)
+            self._finished(job, Outcome.TIMED_OUT if timed_out else Outcome.FAILED)
             await self._hook(self.handler.on_failed(attempt, last_error(job), True))
         elif job.status is Status.QUEUED and "exception" in ctx:
+            self.history.retried(name)
             await self._hook(self.handler.on_failed(attempt, last_error(job), False))
         elif job.status is Status.ABORTED:
+            self._finished(job, Outcome.CANCELLED)
             await self._hook(self.handler.on_failed(attempt, job.error or "aborted", True))
 
-    async def stalled_out(self, job: Job) -> None:
-        """The sweep failed a job on its second stall: its message and subscribers learn it
-        here, as from a last failed attempt."""
+    def _finished(self, job: Job, outcome: Outcome) -> None:
+        wait = (job.started - job.queued) / 1000 if job.started and job.queued else None
+        run = (job.completed - job.started) / 1000 if job.completed and job.started else None
+        self.history.finished(self.bio_queue.name, outcome, wait, run)
+
+    async def stalled(self, job: Job, failed: bool) -> None:
+        """The sweep recovered a stalled job; on its second stall it failed it, and its message
+        and subscribers learn it here, as from a last failed attempt."""
+        self.history.stalled(self.bio_queue.name)
+        if not failed:
+            return
+        self._finished(job, Outcome.FAILED)
         attempt = Attempt(
             queue=self.bio_queue.name,
             job_id=job.key,
