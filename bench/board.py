@@ -216,30 +216,21 @@ async def in_process_mode(requests: int) -> dict:
 
 
 async def fill_redis(env: dict[str, str]) -> tuple[dict, float]:
-    """FILL through SaqJobQueue, run by a queue-mode Worker in this process."""
-    from bioagents.jobs.saq_worker import Worker
-    from bioagents.queue_mode import QueueServices
-    from bioagents.redis_client import connect
+    """FILL through SaqJobQueue, run by queue mode's SAQ workers in this process."""
+    from bioagents.queue_mode.services import open_queue_services
 
     settings = Settings.from_env(env)
-    services = QueueServices(settings, bench_specs(settings), subscribe=False)
-    await services.start(None, None, None)
-    services.worker = Worker(
-        services.jobs,
-        InstantHandler(),
-        list(FILL),
-        stalled_interval=settings.stalled_interval,
-        blocking_client=lambda: connect(settings.redis_url, "blocking"),
-    )
-    try:
-        await services.worker.start()
+    specs = bench_specs(settings)
+    async with (
+        open_queue_services(settings, specs, subscribe=False) as services,
+        services.running_workers(InstantHandler(), list(FILL)) as workers,
+    ):
+        await workers.ready()
         started = time.perf_counter()
         await fill(services.jobs)
         fill_seconds = time.perf_counter() - started
         counts = await retained(services.jobs)
-    finally:
-        await services.close()  # stops the worker: serve alone answers the board
-    return counts, fill_seconds
+    return counts, fill_seconds  # the workers have stopped: serve alone answers the board
 
 
 async def queue_mode(requests: int) -> dict:

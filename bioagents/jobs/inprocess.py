@@ -114,8 +114,15 @@ class InProcessJobQueue(JobQueue):
         try:
             result = await self.handler.run(attempt)
         except asyncio.CancelledError:
-            # Stopped by shutdown: the attempt is not spent; the PENDING message is recovered.
+            # Cut off by a graceful stop: back to the front of the queue, the attempt not spent
+            # (after a restart the PENDING message brings the job back the same way).
             q.active.pop(job.id, None)
+            job.state = JobState.WAITING
+            job.attempts_made -= 1
+            job.started_at = None
+            job.progress = None
+            q.waiting[job.id] = None
+            q.waiting.move_to_end(job.id, last=False)
             raise
         except Exception as error:
             await self._attempt_failed(q, job, attempt, error)
@@ -202,11 +209,15 @@ class InProcessJobQueue(JobQueue):
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def drain(self, timeout: float) -> None:
-        """Stop starting jobs and wait up to `timeout` seconds for the active ones."""
+        """Graceful stop (SPEC §6): start no more jobs, give the active ones `timeout` seconds,
+        then cut off the rest, which go back to the front of their queue unspent."""
         self._closing = True
         tasks = [task for q in self._queues.values() for task in q.active.values()]
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            _, unfinished = await asyncio.wait(tasks, timeout=timeout)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
 
     async def enqueue(self, queue: str, job_id: str, data: dict) -> JobInfo:
         q = self._queue(queue)

@@ -18,17 +18,20 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from saq.job import Job, Status
 
 from ..jobs.base import (
     AttemptError,
     InvalidJobState,
+    JobFilter,
     JobInfo,
     JobNotFound,
     JobQueue,
     JobState,
     QueueCounts,
     QueueUnavailable,
+    SearchResult,
 )
 from ..jobs.spec import QueueSpec
 from . import scripts
@@ -262,6 +265,45 @@ class SaqJobQueue(JobQueue):
                 ids = await call("ZREVRANGE", index, offset, offset + limit - 1)
         found = await self._get_many(q, [_text(i) for i in ids])
         return [job for job in found if job.state is state]
+
+    async def search(
+        self, queue: str, state: JobState, match: JobFilter, offset: int, limit: int
+    ) -> SearchResult:
+        """Searched inside Redis (`scripts.SEARCH`), one page at a time. Active jobs (a few
+        per worker) and texts with non-ASCII letters (Lua folds ASCII case only) go through
+        the generic search."""
+        state = JobState(state)
+        text = match.text or ""
+        if state is JobState.ACTIVE or not text.isascii():
+            return await super().search(queue, state, match, offset, limit)
+        q = self.queue(queue)
+        if state is JobState.WAITING:
+            kind, source = "list", q._queued
+        elif state is JobState.DELAYED:
+            kind, source = "delayed", q._incomplete
+        else:
+            await self.counts(queue)  # trims the listing to its retention by age
+            kind, source = "zset", q._completed if state is JobState.COMPLETED else q._failed
+        user = f'"userId":{orjson.dumps(match.user).decode()}' if match.user else ""
+        in_json = orjson.dumps(text.lower()).decode()[1:-1] if text else ""
+        with unavailable_as_queue_error():
+            total, *ids = await q.pipeline.script(
+                scripts.SEARCH,
+                [source],
+                [
+                    kind,
+                    user,
+                    in_json,
+                    text.lower(),
+                    "1" if state is JobState.FAILED else "0",
+                    offset,
+                    limit,
+                ],
+            )
+        jobs = [
+            job for job in await self._get_many(q, [_text(i) for i in ids]) if job.state is state
+        ]
+        return SearchResult(jobs, total)
 
     async def clean(self, queue: str, state: JobState, older_than: float) -> int:
         q = self.queue(queue)

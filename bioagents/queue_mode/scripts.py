@@ -377,3 +377,65 @@ if not id then return false end
 return redis.call('GET', id)
 """
 )
+
+# One page of the jobs of a listing that a search accepts, and how many it accepts (SPEC §7
+# search): by the user id, exactly; by text in the question, in any case (ASCII letters: a
+# search text with other letters is matched by the caller), and for failed jobs also in the
+# error of their last attempt. Each record is first checked as raw bytes (cheap), and decoded
+# only when that check passes. Ids are taken newest first.
+# KEYS: the listing. ARGV: kind ('list': a list, newest at its end; 'zset': newest highest;
+# 'delayed': incomplete scores > 0), '"userId":<user as JSON>' or '', the lower-cased text as
+# it appears in JSON (for the raw check) or '', the lower-cased text itself, '1' to also
+# search the error, offset, limit.
+# Returns {total, id…} for the page.
+SEARCH = Script(
+    """
+local ids
+if ARGV[1] == 'list' then
+  ids = redis.call('LRANGE', KEYS[1], 0, -1)
+  local n = #ids
+  for i = 1, math.floor(n / 2) do ids[i], ids[n - i + 1] = ids[n - i + 1], ids[i] end
+elseif ARGV[1] == 'delayed' then
+  ids = redis.call('ZREVRANGEBYSCORE', KEYS[1], '+inf', '(0')
+else
+  ids = redis.call('ZREVRANGE', KEYS[1], 0, -1)
+end
+local user_fragment, raw_text, text = ARGV[2], ARGV[3], ARGV[4]
+local with_error = ARGV[5] == '1'
+local user = nil
+if user_fragment ~= '' then user = cjson.decode('{' .. user_fragment .. '}')['userId'] end
+local offset, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
+local total, page = 0, {}
+for _, id in ipairs(ids) do
+  local raw = redis.call('GET', id)
+  local ok = raw ~= false
+  if ok and user_fragment ~= '' then ok = string.find(raw, user_fragment, 1, true) ~= nil end
+  if ok and raw_text ~= '' then ok = string.find(string.lower(raw), raw_text, 1, true) ~= nil end
+  if ok then
+    local decoded, job = pcall(cjson.decode, raw)
+    local kwargs = decoded and type(job) == 'table' and job['kwargs']
+    ok = type(kwargs) == 'table'
+    if ok and user then ok = kwargs['userId'] == user end
+    if ok and text ~= '' then
+      local question = kwargs['question']
+      local found = type(question) == 'string'
+        and string.find(string.lower(question), text, 1, true) ~= nil
+      if not found and with_error and type(job['meta']) == 'table' then
+        local errors = job['meta']['errors']
+        local last = type(errors) == 'table' and errors[#errors]
+        local message = type(last) == 'table' and last['error']
+        found = type(message) == 'string'
+          and string.find(string.lower(message), text, 1, true) ~= nil
+      end
+      ok = found
+    end
+  end
+  if ok then
+    total = total + 1
+    if total > offset and #page < limit then page[#page + 1] = id end
+  end
+end
+table.insert(page, 1, total)
+return page
+"""
+)
