@@ -9,18 +9,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PORT=3000 \
     DATABASE_URL=sqlite:////data/bioagents.db
 
-WORKDIR /app
-COPY pyproject.toml README.md bioagents.py ./
+WORKDIR /src
+COPY pyproject.toml README.md ./
 COPY bioagents ./bioagents
 COPY templates ./templates
 COPY static ./static
-# Editable, so the templates and static files next to the package are the ones served.
-RUN pip install -e ".[postgres]" \
+# A regular install: the wheel carries the templates and static files inside the package.
+RUN pip install ".[postgres]" \
+    && rm -rf /src \
     && useradd --create-home --uid 10001 bioagents \
     && mkdir -p /data \
     && chown bioagents /data
 
+WORKDIR /home/bioagents
 USER bioagents
 VOLUME ["/data"]
 EXPOSE 3000
-CMD ["python", "bioagents.py", "serve"]
+CMD ["bioagents", "serve"]

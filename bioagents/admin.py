@@ -434,7 +434,7 @@ async def clean_state(request: web.Request) -> web.Response:
     state = _state(request.match_info["state"], "state")
     raw = await _form_value(request, "olderThan")
     try:
-        older_than = float(raw) if raw not in (None, "") else 0.0
+        older_than = float(raw) if raw else 0.0
     except ValueError:
         older_than = -1.0
     if not (0 <= older_than < math.inf):

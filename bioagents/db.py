@@ -27,7 +27,7 @@ class ThreadDatabase(pw.DatabaseProxy):
 
     _local = threading.local()
 
-    @property  # type: ignore[override]
+    @property
     def obj(self) -> pw.Database | None:
         return getattr(self._local, "database", None)
 

@@ -438,7 +438,7 @@ def exposition(snapshot: Snapshot, accept: str = "") -> tuple[bytes, str]:
     """The body and its content type, in the format the scraper's Accept header asks for
     (Prometheus text 0.0.4 by default, OpenMetrics when asked)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot))  # type: ignore[arg-type]
+    registry.register(SnapshotCollector(snapshot))
     encode, content_type = choose_encoder(accept)
     return encode(registry), content_type
 

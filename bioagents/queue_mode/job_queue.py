@@ -18,7 +18,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from saq.job import Job, Status
 
 from ..jobs.base import (
@@ -192,7 +191,16 @@ class SaqJobQueue(JobQueue):
         with unavailable_as_queue_error():
             done = await q.pipeline.script(
                 scripts.REMOVE,
-                [job_key, q._queued, q._incomplete, q._completed, q._failed, q._claims, q._active],
+                [
+                    job_key,
+                    q._queued,
+                    q._incomplete,
+                    q._completed,
+                    q._failed,
+                    q._claims,
+                    q._active,
+                    q._about,
+                ],
                 [],
             )
         if done == 0:
@@ -232,7 +240,7 @@ class SaqJobQueue(JobQueue):
         with unavailable_as_queue_error():
             waiting, active, delayed, completed, failed = await q.pipeline.script(
                 scripts.COUNTS,
-                [q._queued, q._active, q._incomplete, q._completed, q._failed],
+                [q._queued, q._active, q._incomplete, q._completed, q._failed, q._about],
                 [
                     now_ms - int(spec.keep_completed_seconds * 1000),
                     now_ms - int(spec.keep_failed_seconds * 1000),
@@ -269,12 +277,10 @@ class SaqJobQueue(JobQueue):
     async def search(
         self, queue: str, state: JobState, match: JobFilter, offset: int, limit: int
     ) -> SearchResult:
-        """Searched inside Redis (`scripts.SEARCH`), one page at a time. Active jobs (a few
-        per worker) and texts with non-ASCII letters (Lua folds ASCII case only) go through
-        the generic search."""
+        """Searched inside Redis (`scripts.SEARCH`, over each job's search entry), one page
+        at a time; active jobs (a few per worker) through the generic search."""
         state = JobState(state)
-        text = match.text or ""
-        if state is JobState.ACTIVE or not text.isascii():
+        if state is JobState.ACTIVE:
             return await super().search(queue, state, match, offset, limit)
         q = self.queue(queue)
         if state is JobState.WAITING:
@@ -284,26 +290,21 @@ class SaqJobQueue(JobQueue):
         else:
             await self.counts(queue)  # trims the listing to its retention by age
             kind, source = "zset", q._completed if state is JobState.COMPLETED else q._failed
-        user = f'"userId":{orjson.dumps(match.user).decode()}' if match.user else ""
-        in_json = orjson.dumps(text.lower()).decode()[1:-1] if text else ""
         with unavailable_as_queue_error():
             total, *ids = await q.pipeline.script(
                 scripts.SEARCH,
-                [source],
+                [source, q._about],
                 [
                     kind,
-                    user,
-                    in_json,
-                    text.lower(),
+                    match.user or "",
+                    (match.text or "").casefold(),
                     "1" if state is JobState.FAILED else "0",
                     offset,
                     limit,
                 ],
             )
-        jobs = [
-            job for job in await self._get_many(q, [_text(i) for i in ids]) if job.state is state
-        ]
-        return SearchResult(jobs, total)
+        jobs = await self._get_many(q, [_text(i) for i in ids])
+        return SearchResult([job for job in jobs if job.state is state], total)
 
     async def clean(self, queue: str, state: JobState, older_than: float) -> int:
         q = self.queue(queue)
@@ -317,7 +318,9 @@ class SaqJobQueue(JobQueue):
                 index = q._completed if state is JobState.COMPLETED else q._failed
                 while True:
                     batch = await q.pipeline.script(
-                        scripts.CLEAN_FINISHED, [index], [int(cutoff * 1000), FINISHED_BATCH]
+                        scripts.CLEAN_FINISHED,
+                        [index, q._about],
+                        [int(cutoff * 1000), FINISHED_BATCH],
                     )
                     removed += batch
                     if batch < FINISHED_BATCH:
@@ -336,7 +339,7 @@ class SaqJobQueue(JobQueue):
                 ]
                 if old:
                     removed += await q.pipeline.script(
-                        scripts.REMOVE_UNSTARTED, [q._queued, q._incomplete], old
+                        scripts.REMOVE_UNSTARTED, [q._queued, q._incomplete, q._about], old
                     )
         return removed
 

@@ -18,17 +18,20 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from redis import asyncio as aioredis
-
-try:  # hiredis packs commands in C, several times faster than redis-py's Python packer
-    from hiredis import pack_command
-except ImportError:  # pragma: no cover - redis[hiredis] is a dependency
-    pack_command = None
 from redis.exceptions import NoScriptError, ResponseError
 
 from ..jobs.base import QueueUnavailable
 from .connect import REPLY_TIMEOUT, UNAVAILABLE, Backoff, describe
+
+pack_command: Callable[..., Any] | None
+try:  # hiredis packs commands in C, several times faster than redis-py's Python packer
+    from hiredis import pack_command
+except ImportError:  # pragma: no cover - redis[hiredis] is a dependency
+    pack_command = None
 
 log = logging.getLogger(__name__)
 

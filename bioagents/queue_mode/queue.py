@@ -86,6 +86,7 @@ class BioagentsQueue(RedisQueue):
         self._completed = self.namespace("completed")
         self._failed = self.namespace("failed")
         self._paused = self.namespace("paused")
+        self._about = self.namespace("about")
         self._shared_pipeline = pipeline
         self._pipelines: dict[asyncio.AbstractEventLoop, AutoPipeline] = {}
         self._held: dict[str, str] = {}  # job key → claim token of attempts this process holds
@@ -93,7 +94,8 @@ class BioagentsQueue(RedisQueue):
         self._timers: set[asyncio.TimerHandle] = set()
         self._tasks: set[asyncio.Future] = set()
         self._blocking = asyncio.Lock()  # one blocking dequeue per queue and process
-        self._pubsub = LivePubSubMultiplexer(redis.pubsub(), prefix=self._pubsub.prefix)
+        self._live_pubsub = LivePubSubMultiplexer(redis.pubsub(), prefix=self._pubsub.prefix)
+        self._pubsub = self._live_pubsub
 
     # --- Redis access -------------------------------------------------------------------------
 
@@ -162,7 +164,7 @@ class BioagentsQueue(RedisQueue):
         keys = list(job_keys)
         if not keys:
             return
-        multiplexer = self._pubsub
+        multiplexer = self._live_pubsub
         queue = await multiplexer.subscribe(*(self.job_id(key) for key in keys))
         try:
             await multiplexer.live.wait()
@@ -199,7 +201,9 @@ class BioagentsQueue(RedisQueue):
         job_id, record = _text(reply[1]), reply[2]
         if not record:  # a record deleted under a queued id: forget the orphan
             self.pipeline.script(
-                scripts.FORGET, [self._active, self._incomplete, self._claims], [job_id]
+                scripts.FORGET,
+                [self._active, self._incomplete, self._claims, self._about],
+                [job_id],
             )
             return None
         job = self.deserialize(record)
@@ -227,8 +231,16 @@ class BioagentsQueue(RedisQueue):
         re-enqueued finished job out of the finished listings."""
         done = await self._script(
             scripts.ENQUEUE,
-            [self._incomplete, job.id, self._queued, job.abort_id, self._completed, self._failed],
-            [self.serialize(job), _number(job.scheduled)],
+            [
+                self._incomplete,
+                job.id,
+                self._queued,
+                job.abort_id,
+                self._completed,
+                self._failed,
+                self._about,
+            ],
+            [self.serialize(job), _number(job.scheduled), search_entry(job)],
         )
         if not done:
             return None
@@ -280,7 +292,14 @@ class BioagentsQueue(RedisQueue):
         reply = await self._take()  # a sibling slot may have left work behind
         if reply is not _NOTHING:
             return None if reply is _PAUSED else reply
-        job_id = await self.redis.blmove(self._queued, self._active, wait, "LEFT", "RIGHT")
+        # Redis 6+ takes fractional seconds; redis-py's annotation says int.
+        job_id = await self.redis.blmove(
+            self._queued,
+            self._active,
+            wait,
+            "LEFT",
+            "RIGHT",  # type: ignore[arg-type]
+        )
         if job_id is None:
             return None
         token = _new_token()
@@ -375,8 +394,11 @@ class BioagentsQueue(RedisQueue):
         """Upstream: several commands; one ttl for every outcome. Ours: one script that also
         keeps the completed/failed listings, with SPEC §6's retention per outcome (by age and
         count) when the queue has a spec; finishing twice with one status changes nothing."""
-        if self.spec is not None and status is not Status.COMPLETE:
-            self._keep_error(job, error)
+        entry = ""
+        if status is not Status.COMPLETE:
+            if self.spec is not None:
+                self._keep_error(job, error)
+            entry = search_entry(job, last_error_of(job) or error or "")
         ttl_ms, age_ms, keep = self._retention(job, status)
         index, other = (
             (self._completed, self._failed)
@@ -385,7 +407,7 @@ class BioagentsQueue(RedisQueue):
         )
         stored = await self._script(
             scripts.FINISH,
-            [job.id, self._active, self._incomplete, self._claims, index, other],
+            [job.id, self._active, self._incomplete, self._claims, index, other, self._about],
             [
                 self.serialize(job),
                 self._claim_of(job),
@@ -394,6 +416,7 @@ class BioagentsQueue(RedisQueue):
                 now(),
                 age_ms,
                 keep,
+                entry,
             ],
         )
         self._settled(job, bool(stored))
@@ -404,17 +427,19 @@ class BioagentsQueue(RedisQueue):
         if spec is None:
             ttl = job.ttl
             return (int(ttl * 1000) if ttl > 0 else ttl), -1, -1
+        seconds: float
+        count: int | None
         if status is Status.COMPLETE:
             seconds, count = spec.keep_completed_seconds, spec.keep_completed_count
         else:
             seconds, count = spec.keep_failed_seconds, spec.keep_failed_count
         return int(seconds * 1000), int(seconds * 1000), -1 if count is None else count
 
-    async def abort(self, job: Job, error: str, ttl: float = 5) -> bool:
+    async def abort(self, job: Job, error: str, ttl: float = 5) -> None:
         """Upstream: a pipeline, then a finish or LREM; a scheduled (delayed) job is left
         aborting for ever. Ours: one script; a job that had not started (queued or delayed) is
-        finished as aborted at once. Returns True then, False when a worker holds the job and
-        will stop and finish it."""
+        finished as aborted at once (`job.status` is then `aborted`); one a worker holds stays
+        `aborting` until that worker stops and finishes it."""
         job.status = Status.ABORTING
         job.error = error
         unstarted = await self._script(
@@ -425,7 +450,6 @@ class BioagentsQueue(RedisQueue):
         if unstarted:
             await self.finish(job, Status.ABORTED, error=error)
             self.pipeline.call("DEL", job.abort_id)
-        return bool(unstarted)
 
     # --- scheduling and stalls ------------------------------------------------------------------
 
@@ -471,7 +495,9 @@ class BioagentsQueue(RedisQueue):
             if not record:
                 swept.append(job_id)
                 await self._script(
-                    scripts.FORGET, [self._active, self._incomplete, self._claims], [job_id]
+                    scripts.FORGET,
+                    [self._active, self._incomplete, self._claims, self._about],
+                    [job_id],
                 )
                 logger.info("Sweeping missing job %s", job_id)
                 continue
@@ -585,6 +611,21 @@ async def _call(callback: Any, key: str, status: Status) -> bool:
     if asyncio.iscoroutine(result):
         result = await result
     return bool(result)
+
+
+def search_entry(job: Job, error: str = "") -> str:
+    """What the board's search reads of a job (scripts.SEARCH): its user id as it is, its last
+    error and question case-folded, as "<user>\x1f<error>\x1f<question>"."""
+    kwargs = job.kwargs or {}
+    user = str(kwargs.get("userId") or "").replace("\x1f", " ")
+    question = str(kwargs.get("question") or "").casefold()
+    return f"{user}\x1f{error.replace(chr(31), ' ').casefold()}\x1f{question}"
+
+
+def last_error_of(job: Job) -> str:
+    """The one-line error of the job's latest failed attempt, if one was kept."""
+    errors = job.meta.get("errors") or ()
+    return errors[-1]["error"] if errors else ""
 
 
 def exact_backoff(job: Job) -> float:

@@ -19,6 +19,8 @@ What we add next to them, in the same namespace:
     saq:<queue>:completed    zset    job id → finish ms: the completed listing, newest last
     saq:<queue>:failed       zset    job id → finish ms: failed and aborted (cancelled) jobs
     saq:<queue>:paused       string  present while the queue is paused; dequeue takes nothing
+    saq:<queue>:about        hash    job id → what search reads: "<user>\x1f<error>\x1f<question>",
+                                     case-folded (`queue.about`), kept while the job is listed
 
 A claim token guards a worker's writes: a worker whose attempt was recovered from a stall (its
 claim cleared) can no longer finish, retry or update the job. Writes without a token (SAQ's own
@@ -31,8 +33,10 @@ from __future__ import annotations
 
 from .pipeline import Script
 
-# SAQ's enqueue script, plus: a re-enqueued finished job leaves the finished listings.
-# KEYS: incomplete, job id, queued, abort id, completed, failed. ARGV: record, scheduled.
+# SAQ's enqueue script, plus: a re-enqueued finished job leaves the finished listings, and the
+# job's search entry is stored.
+# KEYS: incomplete, job id, queued, abort id, completed, failed, about.
+# ARGV: record, scheduled, search entry.
 ENQUEUE = Script(
     """
 if not redis.call('ZSCORE', KEYS[1], KEYS[2]) and redis.call('EXISTS', KEYS[4]) == 0 then
@@ -41,6 +45,7 @@ if not redis.call('ZSCORE', KEYS[1], KEYS[2]) and redis.call('EXISTS', KEYS[4]) 
   if ARGV[2] == '0' then redis.call('RPUSH', KEYS[3], KEYS[2]) end
   redis.call('ZREM', KEYS[5], KEYS[2])
   redis.call('ZREM', KEYS[6], KEYS[2])
+  redis.call('HSET', KEYS[7], KEYS[2], ARGV[3])
   return 1
 end
 return 0
@@ -131,11 +136,12 @@ return 1
 
 # SAQ's _finish in one step (out of active and incomplete; record kept for `ttl` ms, kept for
 # ever at 0, deleted below 0; status published), plus the finished listings: the job enters
-# `index` (and leaves `other`), which is trimmed to its retention by age and count, the records
-# of jobs trimmed by count deleted with them (trimmed by age, they expire by their own ttl).
-# KEYS: job id, active, incomplete, claims, index, other index.
+# `index` (and leaves `other`), which is trimmed to its retention by age and count. The records
+# of jobs trimmed by count are deleted with them (trimmed by age, they expire by their own ttl);
+# the search entries of trimmed jobs go too, and the job's own is replaced when one is given.
+# KEYS: job id, active, incomplete, claims, index, other index, about.
 # ARGV: record, claim token or '', ttl ms, status, now ms, keep age ms (-1: none),
-#       keep count (-1: none).
+#       keep count (-1: none), search entry or ''.
 # Returns 1 stored, 0 stale claim, 2 already finished with that status (nothing changed: SAQ's
 # worker finishes an aborted job twice, once in process() and once in abort()).
 FINISH = Script(
@@ -154,22 +160,32 @@ local ttl = tonumber(ARGV[3])
 if ttl < 0 then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[5], KEYS[1])
+  redis.call('HDEL', KEYS[7], KEYS[1])
 else
   if ttl > 0 then
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
   else
     redis.call('SET', KEYS[1], ARGV[1])
   end
+  if ARGV[8] ~= '' then redis.call('HSET', KEYS[7], KEYS[1], ARGV[8]) end
   local now = tonumber(ARGV[5])
   redis.call('ZADD', KEYS[5], now, KEYS[1])
   local age = tonumber(ARGV[6])
-  if age >= 0 then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. (now - age)) end
+  if age >= 0 then
+    local cutoff = '(' .. (now - age)
+    local expired = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', cutoff, 'LIMIT', 0, 1000)
+    if #expired > 0 then
+      redis.call('ZREM', KEYS[5], unpack(expired))
+      redis.call('HDEL', KEYS[7], unpack(expired))
+    end
+  end
   local keep = tonumber(ARGV[7])
   if keep >= 0 then
     local excess = redis.call('ZCARD', KEYS[5]) - keep
     if excess > 0 then
       local old = redis.call('ZRANGE', KEYS[5], 0, excess - 1)
       redis.call('DEL', unpack(old))
+      redis.call('HDEL', KEYS[7], unpack(old))
       redis.call('ZREMRANGEBYRANK', KEYS[5], 0, excess - 1)
     end
   end
@@ -239,12 +255,13 @@ return {ids, records, claims}
 )
 
 # Forget a held job whose record is gone (SAQ's "Sweeping missing job").
-# KEYS: active, incomplete, claims. ARGV: id.
+# KEYS: active, incomplete, claims, about. ARGV: id.
 FORGET = Script(
     """
 redis.call('LREM', KEYS[1], 0, ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 return 1
 """
 )
@@ -269,14 +286,23 @@ return out
 """
 )
 
-# Counts by state, with the finished listings first trimmed to their retention by age.
-# KEYS: queued, active, incomplete, completed, failed.
+# Counts by state, with the finished listings first trimmed to their retention by age (their
+# records expire by themselves; their search entries go here).
+# KEYS: queued, active, incomplete, completed, failed, about.
 # ARGV: completed cutoff ms, failed cutoff ms ('-inf' when kept for ever).
 # Returns {waiting, active, delayed, completed, failed}.
 COUNTS = Script(
     """
-if ARGV[1] ~= '-inf' then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. ARGV[1]) end
-if ARGV[2] ~= '-inf' then redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. ARGV[2]) end
+for i = 1, 2 do
+  if ARGV[i] ~= '-inf' then
+    local index = KEYS[3 + i]
+    local expired = redis.call('ZRANGEBYSCORE', index, '-inf', '(' .. ARGV[i], 'LIMIT', 0, 5000)
+    if #expired > 0 then
+      redis.call('ZREM', index, unpack(expired))
+      redis.call('HDEL', KEYS[6], unpack(expired))
+    end
+  end
+end
 return {
   redis.call('LLEN', KEYS[1]),
   redis.call('LLEN', KEYS[2]),
@@ -308,7 +334,7 @@ return 1
 
 # Delete a job that no worker holds (one in active without a claim is in transit from a
 # blocking dequeue, whose claim then finds it gone).
-# KEYS: job id, queued, incomplete, completed, failed, claims, active.
+# KEYS: job id, queued, incomplete, completed, failed, claims, active, about.
 # Returns 1 removed, 0 no such job, -1 a worker holds it.
 REMOVE = Script(
     """
@@ -319,6 +345,7 @@ redis.call('LREM', KEYS[2], 0, KEYS[1])
 redis.call('ZREM', KEYS[3], KEYS[1])
 redis.call('ZREM', KEYS[4], KEYS[1])
 redis.call('ZREM', KEYS[5], KEYS[1])
+redis.call('HDEL', KEYS[8], KEYS[1])
 redis.call('DEL', KEYS[1])
 return 1
 """
@@ -338,19 +365,20 @@ return 1
 )
 
 # Remove the finished jobs of one listing that finished before a cutoff, a batch at a time.
-# KEYS: index. ARGV: cutoff ms, batch size. Returns how many were removed.
+# KEYS: index, about. ARGV: cutoff ms, batch size. Returns how many were removed.
 CLEAN_FINISHED = Script(
     """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 if #ids == 0 then return 0 end
 redis.call('DEL', unpack(ids))
 redis.call('ZREM', KEYS[1], unpack(ids))
+redis.call('HDEL', KEYS[2], unpack(ids))
 return #ids
 """
 )
 
 # Remove some waiting or delayed jobs (ids chosen by the caller), if still there.
-# KEYS: queued, incomplete. ARGV: ids. Returns how many were removed.
+# KEYS: queued, incomplete, about. ARGV: ids. Returns how many were removed.
 REMOVE_UNSTARTED = Script(
     """
 local removed = 0
@@ -360,6 +388,7 @@ for _, id in ipairs(ARGV) do
     local queued = redis.call('LREM', KEYS[1], 0, id)
     if queued > 0 or tonumber(score) > 0 then
       redis.call('ZREM', KEYS[2], id)
+      redis.call('HDEL', KEYS[3], id)
       redis.call('DEL', id)
       removed = removed + 1
     end
@@ -379,13 +408,12 @@ return redis.call('GET', id)
 )
 
 # One page of the jobs of a listing that a search accepts, and how many it accepts (SPEC §7
-# search): by the user id, exactly; by text in the question, in any case (ASCII letters: a
-# search text with other letters is matched by the caller), and for failed jobs also in the
-# error of their last attempt. Each record is first checked as raw bytes (cheap), and decoded
-# only when that check passes. Ids are taken newest first.
-# KEYS: the listing. ARGV: kind ('list': a list, newest at its end; 'zset': newest highest;
-# 'delayed': incomplete scores > 0), '"userId":<user as JSON>' or '', the lower-cased text as
-# it appears in JSON (for the raw check) or '', the lower-cased text itself, '1' to also
+# search): by user id, exactly; by text in the question (case-folded by the caller, like the
+# search entries), and for failed jobs also in the error of their last attempt. Reads each
+# job's search entry, "<user>\x1f<error>\x1f<question>", newest first; a job without one
+# (enqueued by a plain SAQ client) is read from its record.
+# KEYS: the listing, about. ARGV: kind ('list': a list, newest at its end; 'zset': newest
+# highest; 'delayed': incomplete scores > 0), user or '', case-folded text or '', '1' to also
 # search the error, offset, limit.
 # Returns {total, id…} for the page.
 SEARCH = Script(
@@ -400,39 +428,45 @@ elseif ARGV[1] == 'delayed' then
 else
   ids = redis.call('ZREVRANGE', KEYS[1], 0, -1)
 end
-local user_fragment, raw_text, text = ARGV[2], ARGV[3], ARGV[4]
-local with_error = ARGV[5] == '1'
-local user = nil
-if user_fragment ~= '' then user = cjson.decode('{' .. user_fragment .. '}')['userId'] end
-local offset, limit = tonumber(ARGV[6]), tonumber(ARGV[7])
-local total, page = 0, {}
-for _, id in ipairs(ids) do
+local user, text, with_error = ARGV[2], ARGV[3], ARGV[4] == '1'
+local prefix = user .. '\\31'
+local offset, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
+local function from_record(id)
   local raw = redis.call('GET', id)
-  local ok = raw ~= false
-  if ok and user_fragment ~= '' then ok = string.find(raw, user_fragment, 1, true) ~= nil end
-  if ok and raw_text ~= '' then ok = string.find(string.lower(raw), raw_text, 1, true) ~= nil end
-  if ok then
-    local decoded, job = pcall(cjson.decode, raw)
-    local kwargs = decoded and type(job) == 'table' and job['kwargs']
-    ok = type(kwargs) == 'table'
-    if ok and user then ok = kwargs['userId'] == user end
+  local ok, job = pcall(cjson.decode, raw or '')
+  local kwargs = ok and type(job) == 'table' and job['kwargs']
+  if type(kwargs) ~= 'table' then return nil end
+  local who, question = kwargs['userId'], kwargs['question']
+  if type(who) ~= 'string' then who = '' end
+  if type(question) ~= 'string' then question = '' end
+  return who .. '\\31\\31' .. string.lower(question)
+end
+local total, page = 0, {}
+for i = 1, #ids, 1000 do
+  local chunk = {}
+  for j = i, math.min(i + 999, #ids) do chunk[#chunk + 1] = ids[j] end
+  local entries = redis.call('HMGET', KEYS[2], unpack(chunk))
+  for j, entry in ipairs(entries) do
+    if not entry then entry = from_record(chunk[j]) end
+    local ok = entry ~= nil
+    if ok and user ~= '' then ok = string.sub(entry, 1, #prefix) == prefix end
     if ok and text ~= '' then
-      local question = kwargs['question']
-      local found = type(question) == 'string'
-        and string.find(string.lower(question), text, 1, true) ~= nil
-      if not found and with_error and type(job['meta']) == 'table' then
-        local errors = job['meta']['errors']
-        local last = type(errors) == 'table' and errors[#errors]
-        local message = type(last) == 'table' and last['error']
-        found = type(message) == 'string'
-          and string.find(string.lower(message), text, 1, true) ~= nil
+      local first = string.find(entry, '\\31', 1, true)
+      local second = first and string.find(entry, '\\31', first + 1, true)
+      if not second then
+        ok = false
+      else
+        local found = string.find(entry, text, second + 1, true)
+        if not found and with_error then
+          found = string.find(string.sub(entry, first + 1, second - 1), text, 1, true)
+        end
+        ok = found ~= nil
       end
-      ok = found
     end
-  end
-  if ok then
-    total = total + 1
-    if total > offset and #page < limit then page[#page + 1] = id end
+    if ok then
+      total = total + 1
+      if total > offset and #page < limit then page[#page + 1] = chunk[j] end
+    end
   end
 end
 table.insert(page, 1, total)

@@ -28,7 +28,7 @@ from saq.job import Job, Status
 from .. import logs
 from ..history import History, Outcome
 from ..jobs.base import STALLED_TWICE, Attempt, JobHandler, describe_failure
-from .queue import ATTEMPT_ERROR, BioagentsQueue
+from .queue import ATTEMPT_ERROR, BioagentsQueue, last_error_of
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +241,7 @@ class Worker(SaqWorker):
 
 def last_error(job: Job) -> str:
     """The one-line error of the job's latest failed attempt."""
-    errors = job.meta.get("errors") or ()
-    return errors[-1]["error"] if errors else (job.error or "failed")
+    return last_error_of(job) or job.error or "failed"
 
 
 async def _no_progress(value: dict) -> None:
