@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up everything the tests need on a fresh Debian machine and runs them:
 # Debian's redis-server, chromium and postgresql (when missing), a virtualenv with the package
-# and its test extra, then ruff (format + lint) and pytest. Extra arguments go to pytest.
+# and its test extra, then ruff (format + lint), mypy, our tests, and SAQ's own test suite on
+# our queue class (scripts/saq_suite.sh). Extra arguments go to our pytest run only (and skip
+# SAQ's suite).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,4 +24,8 @@ fi
 
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/mypy
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+if [ $# -eq 0 ]; then
+  bash scripts/saq_suite.sh
+fi
