@@ -17,6 +17,7 @@ from .jobs.handler import job_data
 from .jobs.spec import CHAT, DEEP_RESEARCH
 from .keys import BACKEND, DB, JOBS, SETTINGS
 from .openapi import openapi_document
+from .usage import TokenUsage
 
 MAX_MESSAGE_CHARS = 20000
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -241,7 +242,7 @@ async def chat_status(request: web.Request) -> web.Response:
     body = {"status": "waiting", "progress": None, "attemptsMade": 0}
     if message.status == Message.COMPLETE:
         body.update(status="completed", attemptsMade=1, result=_result_from_message(message))
-    elif message.status == Message.FAILED:
+    elif message.status in (Message.FAILED, Message.CANCELLED):
         body.update(status="failed", attemptsMade=1, error=message.error)
     return json(body)
 
@@ -252,9 +253,11 @@ async def deep_research_status(request: web.Request) -> web.Response:
     values = (
         await request.app[DB].run(store.state_values, message.state_id) if message.state_id else {}
     )
-    status = {Message.COMPLETE: "completed", Message.FAILED: "failed"}.get(
-        message.status, "processing"
-    )
+    status = {
+        Message.COMPLETE: "completed",
+        Message.FAILED: "failed",
+        Message.CANCELLED: "failed",
+    }.get(message.status, "processing")
     body = {"status": status, "messageId": message.id, "conversationId": message.conversation_id}
     stages = request.app[JOBS].specs[DEEP_RESEARCH].stages
     completed_steps = [stage.name for stage in stages if stage.name in values]
@@ -293,6 +296,7 @@ def message_json(message: Message, state: dict | None) -> dict:
         "createdAt": _iso(message.created_at),
         "updatedAt": _iso(message.updated_at),
         "state": state,
+        "usage": TokenUsage(message.prompt_tokens, message.completion_tokens).to_json(),
     }
 
 
@@ -371,7 +375,7 @@ async def _retry(request: web.Request, queue: str) -> web.Response:
     try:
         job = await jobs.get(queue, message.id)
         if job is None:
-            if message.status != Message.FAILED:
+            if message.status not in (Message.FAILED, Message.CANCELLED):
                 raise ApiError(400, f"the job is not failed (message is {message.status})")
             previous = 0
             await db.run(store.reopen_message, message.id)
@@ -395,6 +399,33 @@ async def retry_chat(request: web.Request) -> web.Response:
 
 async def retry_deep_research(request: web.Request) -> web.Response:
     return await _retry(request, DEEP_RESEARCH)
+
+
+# --- cancel -----------------------------------------------------------------------------------
+
+
+async def _cancel(request: web.Request, queue: str) -> web.Response:
+    message = await _owned_message(request, "jobId", queue)
+    app = request.app
+    try:
+        await job_actions.cancel(app[JOBS], app[DB], app[BACKEND].notifier, queue, message.id)
+    except InvalidJobState as error:
+        raise ApiError(409, f"the job cannot be cancelled: {error}") from None
+    except JobNotFound:
+        if message.status != Message.PENDING:  # finished, and past the queue's retention
+            raise ApiError(409, f"the job has already ended ({message.status})") from None
+        raise ApiError(404, "job not found", status="not_found") from None
+    except QueueUnavailable as error:
+        raise ApiError(503, f"the job queue is unavailable: {error}") from None
+    return json({"ok": True, "jobId": message.id, "status": "cancelled"})
+
+
+async def cancel_chat(request: web.Request) -> web.Response:
+    return await _cancel(request, CHAT)
+
+
+async def cancel_deep_research(request: web.Request) -> web.Response:
+    return await _cancel(request, DEEP_RESEARCH)
 
 
 # --- operations -------------------------------------------------------------------------------
@@ -449,6 +480,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/deep-research/status/{messageId}", deep_research_status)
     app.router.add_post("/api/chat/retry/{jobId}", retry_chat)
     app.router.add_post("/api/deep-research/retry/{jobId}", retry_deep_research)
+    app.router.add_post("/api/chat/cancel/{jobId}", cancel_chat)
+    app.router.add_post("/api/deep-research/cancel/{jobId}", cancel_deep_research)
     app.router.add_get("/api/messages/{messageId}", get_message)
     app.router.add_get("/api/conversations/{conversationId}/messages", conversation_messages)
     app.router.add_get("/api/health", health)

@@ -16,6 +16,7 @@ from .errors import json_errors
 from .hub import Hub
 from .jobs.spec import queue_specs
 from .keys import BACKEND, DB, HUB, JOBS, LLM_CLIENT, SETTINGS
+from .notify import Retention
 from .recovery import requeue_pending
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,10 @@ async def _services(app: web.Application):
     backend = await open_backend(
         settings, queue_specs(settings), db, llm, run_workers=app[RUN_WORKERS]
     )
-    hub = Hub(settings, db)
-    backend.notifier.add_listener(hub.deliver)
+    # The backend builds its notifier without the replay settings (queue mode's rewrite will
+    # hand them over at construction); this process's notifier keeps what they say.
+    backend.notifier.retention = Retention.from_settings(settings)
+    hub = Hub(settings, db, backend.notifier)
     app[DB], app[LLM_CLIENT], app[BACKEND], app[JOBS], app[HUB] = (
         db,
         llm,

@@ -43,6 +43,11 @@ class Settings:
     offline_delay: float = 0.0
     log_level: str = "INFO"
     log_format: str = "text"
+    chat_job_timeout: float = 300.0  # seconds an attempt may run; 0 = no limit (SPEC §10)
+    deep_research_job_timeout: float = 0.0
+    notify_replay_seconds: float = 3600.0  # how long notifications are kept for replay (§5)
+    notify_replay_max: int = 1000  # how many per conversation
+    max_sockets_per_user: int = 50
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -82,6 +87,13 @@ class Settings:
                 env, "LOG_LEVEL", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}, upper=True
             ),
             log_format=_choice(env, "LOG_FORMAT", "text", {"text", "json"}),
+            chat_job_timeout=_float(env, "CHAT_JOB_TIMEOUT_SECONDS", 300.0, minimum=0.0),
+            deep_research_job_timeout=_float(
+                env, "DEEP_RESEARCH_JOB_TIMEOUT_SECONDS", 0.0, minimum=0.0
+            ),
+            notify_replay_seconds=_float(env, "NOTIFY_REPLAY_SECONDS", 3600.0, minimum=1.0),
+            notify_replay_max=_int(env, "NOTIFY_REPLAY_MAX", 1000, minimum=1),
+            max_sockets_per_user=_int(env, "MAX_SOCKETS_PER_USER", 50, minimum=1),
         )
         values.update(overrides)
         settings = cls(**values)

@@ -8,11 +8,14 @@ PENDING message with a reason and announces it, so no accepted request is left P
 from __future__ import annotations
 
 import dataclasses
+import functools
 
-from . import store
+from . import events, store
 from .db import Database
 from .jobs.base import InvalidJobState, JobInfo, JobNotFound, JobQueue, JobState
+from .jobs.handler import announce_cancelled
 from .notify import Notifier
+from .usage import TokenUsage
 
 UNFINISHED = (JobState.WAITING, JobState.DELAYED)
 CLEANABLE = (JobState.COMPLETED, JobState.FAILED, JobState.WAITING, JobState.DELAYED)
@@ -60,6 +63,20 @@ async def retry_failed(jobs: JobQueue, db: Database, queue: str) -> int:
     return retried
 
 
+async def cancel(
+    jobs: JobQueue, db: Database, notifier: Notifier, queue: str, job_id: str
+) -> JobInfo:
+    """Cancel a job (SPEC §10); returns it as it was. A waiting or delayed job's message ends
+    CANCELLED here, announced as its attempt would; an active job's is settled by the process
+    that runs it once the attempt has stopped (`JobHandler.on_cancelled`).
+    Raises JobNotFound, or InvalidJobState when the job has completed or failed."""
+    job = await jobs.cancel(queue, job_id)
+    if job.state in UNFINISHED:
+        notification = functools.partial(events.of_job, job=job)
+        await announce_cancelled(db, notifier, job.id, TokenUsage(), notification)
+    return job
+
+
 async def remove(
     jobs: JobQueue, db: Database, notifier: Notifier, queue: str, job_id: str
 ) -> JobInfo:
@@ -98,19 +115,11 @@ async def _give_up(db: Database, notifier: Notifier, job: JobInfo, reason: str) 
     would: message:updated, then job:failed with the reason."""
     if not await db.run(store.fail_message, job.id, reason):
         return
-    conversation_id = job.data.get("conversationId")
-    if not conversation_id:
+    if not job.data.get("conversationId"):
         return
-    common = {"jobId": job.id, "conversationId": conversation_id}
-    tail = {"queue": job.queue, "attempt": job.attempts_made}
+    await notifier.publish(events.of_job(events.MESSAGE_UPDATED, job, messageId=job.id))
     await notifier.publish(
-        conversation_id, {"type": "message:updated", **common, "messageId": job.id, **tail}
-    )
-    ids = {"messageId": job.id}
-    if job.data.get("stateId"):
-        ids["stateId"] = job.data["stateId"]
-    await notifier.publish(
-        conversation_id, {"type": "job:failed", **common, **ids, "error": reason, **tail}
+        events.of_job(events.JOB_FAILED, job, **events.message_ids(job.data), error=reason)
     )
 
 

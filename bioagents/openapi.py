@@ -12,6 +12,7 @@ def _error_responses(*codes: int) -> dict:
         400: "malformed body, field or query",
         401: "missing or invalid credentials",
         404: "not found, or not yours",
+        409: "the job has already completed, failed or been cancelled",
         413: "body over MAX_BODY_BYTES",
         415: "neither JSON nor a form",
         429: "rate limited",
@@ -164,6 +165,22 @@ def openapi_document() -> dict:
                         "previousAttempts": {"type": "integer"},
                     },
                 },
+                "Cancelled": {
+                    "type": "object",
+                    "properties": {
+                        "ok": {"const": True},
+                        "jobId": {"type": "string"},
+                        "status": {"const": "cancelled"},
+                    },
+                },
+                "Usage": {
+                    "type": "object",
+                    "required": ["promptTokens", "completionTokens"],
+                    "properties": {
+                        "promptTokens": {"type": "integer"},
+                        "completionTokens": {"type": "integer"},
+                    },
+                },
                 "Message": {
                     "type": "object",
                     "properties": {
@@ -172,12 +189,13 @@ def openapi_document() -> dict:
                         "userId": {"type": "string"},
                         "question": {"type": "string"},
                         "content": {"type": ["string", "null"]},
-                        "status": {"enum": ["PENDING", "COMPLETE", "FAILED"]},
+                        "status": {"enum": ["PENDING", "COMPLETE", "FAILED", "CANCELLED"]},
                         "error": {"type": ["string", "null"]},
                         "responseTime": {"type": ["integer", "null"]},
                         "createdAt": {"type": "string", "format": "date-time"},
                         "updatedAt": {"type": "string", "format": "date-time"},
                         "state": {"type": ["object", "null"]},
+                        "usage": ref("Usage"),
                     },
                 },
                 "Health": {
@@ -239,6 +257,20 @@ def openapi_document() -> dict:
                     "summary": "Retry a failed deep-research job",
                     "parameters": [_path_param("jobId")],
                     "responses": {**_ok(ref("Retrying")), **_error_responses(400, 401, 404, 503)},
+                }
+            },
+            "/api/chat/cancel/{jobId}": {
+                "post": {
+                    "summary": "Cancel a chat job (waiting, delayed or active)",
+                    "parameters": [_path_param("jobId")],
+                    "responses": {**_ok(ref("Cancelled")), **_error_responses(401, 404, 409, 503)},
+                }
+            },
+            "/api/deep-research/cancel/{jobId}": {
+                "post": {
+                    "summary": "Cancel a deep-research job (waiting, delayed or active)",
+                    "parameters": [_path_param("jobId")],
+                    "responses": {**_ok(ref("Cancelled")), **_error_responses(401, 404, 409, 503)},
                 }
             },
             "/api/messages/{messageId}": {
