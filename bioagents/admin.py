@@ -406,6 +406,15 @@ async def remove_job(request: web.Request) -> web.Response:
 
 
 @_interface_errors
+async def cancel_job(request: web.Request) -> web.Response:
+    queue, job_id = _queue_name(request), request.match_info["jobId"]
+    app = request.app
+    await job_actions.cancel(app[JOBS], app[DB], app[BACKEND].notifier, queue, job_id)
+    body = {"queue": queue, "jobId": job_id, "status": "cancelled"}
+    return _done(request, body, f"Cancelled job {job_id[:8]}")
+
+
+@_interface_errors
 async def promote_job(request: web.Request) -> web.Response:
     queue, job_id = _queue_name(request), request.match_info["jobId"]
     await request.app[JOBS].promote(queue, job_id)
@@ -467,3 +476,4 @@ def setup(app: web.Application) -> None:
     router.add_post(f"{API}/{{queue}}/{{jobId}}/retry", retry_job)
     router.add_post(f"{API}/{{queue}}/{{jobId}}/remove", remove_job)
     router.add_post(f"{API}/{{queue}}/{{jobId}}/promote", promote_job)
+    router.add_post(f"{API}/{{queue}}/{{jobId}}/cancel", cancel_job)

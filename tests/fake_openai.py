@@ -21,6 +21,7 @@ class Recorded:
     body: dict
     failed: bool = False  # answered with the error status
     reply: str | None = None  # the assistant text answered, when it did not fail
+    number: int = 0  # 1-based, in arrival order
     pieces_sent: int = 0  # streamed pieces written so far
     finished: bool = False  # the whole answer (and [DONE]) was written
 
@@ -48,7 +49,11 @@ class FakeOpenAI:
         self._fail_after = 0
         self._fail_status = 500
         self._hold_after: int | None = None
+        self._hold_from = 1  # the first request (1-based) that is held
         self._gate = asyncio.Event()
+        self._cut_next = 0
+        self._cut_after = 0
+        self._break_held = False
         self.holding = 0  # streams waiting at the gate now
         self._runner: web.AppRunner | None = None
         self.base_url = ""
@@ -60,13 +65,24 @@ class FakeOpenAI:
         self._fail_after = after
         self._fail_status = status
 
-    def hold(self, after_pieces: int) -> None:
-        """Streams send `after_pieces` pieces, then wait until `release()`."""
+    def hold(self, after_pieces: int, *, from_request: int = 1) -> None:
+        """Streams of request `from_request` (1-based, counting every request so far) and later
+        send `after_pieces` pieces, then wait until `release()`."""
         self._hold_after = after_pieces
+        self._hold_from = from_request
+        self._break_held = False
         self._gate = asyncio.Event()
 
-    def release(self) -> None:
+    def cut_next(self, count: int, after_pieces: int) -> None:
+        """The next `count` streams break off (the connection drops) after `after_pieces`
+        pieces, without finishing their answer."""
+        self._cut_next = count
+        self._cut_after = after_pieces
+
+    def release(self, *, breaking: bool = False) -> None:
+        """Let held streams go on; with `breaking`, they break off (the connection drops)."""
         self._hold_after = None
+        self._break_held = breaking
         self._gate.set()
 
     async def until_holding(self, count: int = 1, timeout: float = 15.0) -> None:
@@ -101,7 +117,7 @@ class FakeOpenAI:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
-        record = Recorded(time.monotonic(), body)
+        record = Recorded(time.monotonic(), body, number=len(self.requests) + 1)
         self.requests.append(record)
         if self._fail_after > 0:
             self._fail_after -= 1
@@ -112,7 +128,7 @@ class FakeOpenAI:
                 {"error": {"message": "fake outage", "type": "server_error"}},
                 status=self._fail_status,
             )
-        text = record.reply = self.reply_for(body, len(self.requests))
+        text = record.reply = self.reply_for(body, record.number)
         usage = self.usage_for(body, text)
         if not record.streamed:
             return web.json_response(
@@ -137,20 +153,36 @@ class FakeOpenAI:
     ) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        base = {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion.chunk"}
+        base = {"id": f"chatcmpl-{record.number}", "object": "chat.completion.chunk"}
 
         async def event(chunk: dict | str) -> None:
             data = chunk if isinstance(chunk, str) else orjson.dumps(chunk).decode()
             await response.write(f"data: {data}\n\n".encode())
 
         await event({**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+        cut_after = None
+        if self._cut_next > 0:
+            self._cut_next -= 1
+            cut_after = self._cut_after
         for piece in self.split(text):
-            if self._hold_after is not None and record.pieces_sent >= self._hold_after:
+            if cut_after is not None and record.pieces_sent >= cut_after:
+                assert request.transport is not None
+                request.transport.close()  # mid-answer: no finish, no usage, no [DONE]
+                return response
+            if (
+                self._hold_after is not None
+                and record.number >= self._hold_from
+                and record.pieces_sent >= self._hold_after
+            ):
                 self.holding += 1
                 try:
                     await self._gate.wait()
                 finally:
                     self.holding -= 1
+                if self._break_held:
+                    assert request.transport is not None
+                    request.transport.close()
+                    return response
             elif self.piece_delay and record.pieces_sent:
                 await asyncio.sleep(self.piece_delay)
             await event({**base, "choices": [{"index": 0, "delta": {"content": piece}}]})
