@@ -388,6 +388,7 @@ class RedisNotifier(Notifier):
                 future = self._pipeline.script(REPLAY, [log_key(conversation_id)], [since, limit])
                 reads.append((conversation_id, session, state, future))
             failed = False
+            missed = 0
             for conversation_id, session, state, future in reads:
                 try:
                     replay = parse_replay(await future)
@@ -397,18 +398,24 @@ class RedisNotifier(Notifier):
                     failed = True
                     continue
                 if self._followed.get(conversation_id) is state and session == self._session:
-                    self._caught_up(conversation_id, state, replay)
+                    missed += self._caught_up(conversation_id, state, replay)
+            if missed:
+                log.info("notifications: caught up on %d missed from the log", missed)
             if failed:
                 await asyncio.sleep(backoff.next())
                 self._due_ready.set()
             else:
                 backoff.reset()
 
-    def _caught_up(self, conversation_id: str, state: _Followed, replay: Replay) -> None:
+    def _caught_up(self, conversation_id: str, state: _Followed, replay: Replay) -> int:
+        """Hand on what the log holds after the cursor, then the held frames; returns how
+        many came from the log."""
+        missed = 0
         if state.sync is _Sync.FROM_CURSOR and replay.found:
             for kept in replay.notifications:
                 state.cursor = kept.id
                 self._deliver(conversation_id, kept.id, kept.payload)
+            missed = len(replay.notifications)
         else:
             if state.sync is not _Sync.FIRST:
                 self._resync(conversation_id)
@@ -424,6 +431,7 @@ class RedisNotifier(Notifier):
                 floor, state.cursor = order, notification_id
             self._deliver(conversation_id, notification_id, payload)
         state.live.set()
+        return missed
 
 
 def _report_unpublished(done: asyncio.Future) -> None:
