@@ -35,7 +35,8 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> web.Ap
     app.on_shutdown.append(_drain_jobs)  # listening has stopped; sockets stay open meanwhile
     app.on_shutdown.append(_close_sockets)
     api.setup_routes(app)
-    app.router.add_get("/api/ws", _websocket)
+    hub = app[HUB] = Hub(settings)
+    app.router.add_get("/api/ws", hub.handle)
     admin.setup(app)
     app.router.add_static("/static", ROOT / "static", name="static")
     app.router.add_get("/", _home)
@@ -54,14 +55,8 @@ async def _services(app: web.Application):
     # The backend builds its notifier without the replay settings (queue mode's rewrite will
     # hand them over at construction); this process's notifier keeps what they say.
     backend.notifier.retention = Retention.from_settings(settings)
-    hub = Hub(settings, db, backend.notifier)
-    app[DB], app[LLM_CLIENT], app[BACKEND], app[JOBS], app[HUB] = (
-        db,
-        llm,
-        backend,
-        backend.jobs,
-        hub,
-    )
+    app[HUB].attach(db, backend.notifier)
+    app[DB], app[LLM_CLIENT], app[BACKEND], app[JOBS] = db, llm, backend, backend.jobs
     await requeue_pending(db, backend.jobs)
     log.info(
         "bioagents ready: %s mode, database %s",
@@ -84,10 +79,6 @@ async def _drain_jobs(app: web.Application) -> None:
 async def _close_sockets(app: web.Application) -> None:
     if HUB in app:
         await app[HUB].close()
-
-
-async def _websocket(request: web.Request) -> web.StreamResponse:
-    return await request.app[HUB].handle(request)
 
 
 async def _home(request: web.Request) -> web.Response:

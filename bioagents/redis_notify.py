@@ -242,6 +242,7 @@ class RedisNotifier(Notifier):
     async def _subscription(self) -> None:
         """Keep one subscription connection up for ever, subscribed to every followed
         conversation; connect again with capped backoff whenever it breaks."""
+        assert self._subscriber is not None
         backoff = Backoff()
         client = self._subscriber()
         try:

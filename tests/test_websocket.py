@@ -3,6 +3,7 @@ database, malformed and oversized frames, ping/pong."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import orjson
@@ -242,12 +243,14 @@ async def test_a_socket_too_far_behind_is_closed_and_the_hub_lives_on(client, mo
     slow = await open_socket(client)
     await subscribe(slow, conversation)
 
-    # 18 MB published in one go to a socket that reads nothing meanwhile: more than the
-    # kernel's socket buffers hold, so the hub's own backlog passes its limit.
+    # 18 MB published, one frame per event-loop turn, to a socket that reads nothing
+    # meanwhile: more than the kernel's socket buffers hold, so the hub's own backlog passes
+    # its limit.
     padding = "x" * 60_000
     for number in range(300):
         payload = orjson.dumps({"type": "test", "n": number, "padding": padding})
         client.app[HUB].deliver(conversation, f"1-{number}", payload)
+        await asyncio.sleep(0)
 
     numbers = []
     while (msg := await slow.receive(timeout=10)).type == WSMsgType.TEXT:

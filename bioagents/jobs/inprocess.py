@@ -393,7 +393,7 @@ def _record_usage(job: JobInfo, attempt: Attempt) -> None:
 
 def _detail(error: BaseException) -> str:
     """The error and its causes in one line, for the log (never shown to users)."""
-    parts = []
+    parts: list[str] = []
     current: BaseException | None = error
     while current is not None and len(parts) < 5:
         text = str(current).strip().splitlines()[0][:300] if str(current).strip() else ""
