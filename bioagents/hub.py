@@ -180,10 +180,6 @@ class Hub:
     def client_count(self) -> int:
         return len(self._clients)
 
-    @property
-    def conversation_count(self) -> int:
-        return len(self._subscriptions)
-
     # --- writing ---------------------------------------------------------------------------------
 
     def flush_soon(self, client: Client) -> None:

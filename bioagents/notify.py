@@ -25,7 +25,7 @@ from .config import Settings
 
 log = logging.getLogger(__name__)
 
-ID_PATTERN = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+ID_PATTERN = re.compile(r"[0-9]{1,19}-[0-9]{1,19}")  # fits a Redis stream id
 
 
 def id_order(notification_id: str | None) -> tuple[int, int]:

@@ -223,10 +223,6 @@ class RedisNotifier(Notifier):
             raise QueueUnavailable(describe(error)) from error
         return parse_replay(reply)
 
-    @property
-    def followed(self) -> int:
-        return len(self._followed)
-
     # --- the subscription connection ---------------------------------------------------------
 
     def _send(self, command: tuple) -> None:
