@@ -422,6 +422,14 @@ async def remove_job(request: web.Request) -> web.Response:
     return _done(request, body, f"Removed job {job_id[:8]}", redirect)
 
 
+async def cancel_job(request: web.Request) -> web.Response:
+    queue, job_id = _queue_name(request), request.match_info["jobId"]
+    app = request.app
+    await job_actions.cancel(app[JOBS], app[DB], app[NOTIFIER], queue, job_id)
+    body = {"queue": queue, "jobId": job_id, "status": "cancelled"}
+    return _done(request, body, f"Cancelled job {job_id[:8]}")
+
+
 async def promote_job(request: web.Request) -> web.Response:
     queue, job_id = _queue_name(request), request.match_info["jobId"]
     await request.app[JOBS].promote(queue, job_id)
@@ -483,3 +491,4 @@ def setup(app: web.Application) -> None:
     router.add_post(f"{API}/{{queue}}/{{jobId}}/retry", retry_job)
     router.add_post(f"{API}/{{queue}}/{{jobId}}/remove", remove_job)
     router.add_post(f"{API}/{{queue}}/{{jobId}}/promote", promote_job)
+    router.add_post(f"{API}/{{queue}}/{{jobId}}/cancel", cancel_job)

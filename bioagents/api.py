@@ -14,13 +14,14 @@ from aiohttp import web
 from . import auth, forms, job_actions, metrics, store
 from .db import Message
 from .errors import ApiError
-from .jobs.base import JobState
+from .jobs.base import InvalidJobState, JobNotFound, JobState
 from .jobs.handler import job_data
 from .jobs.spec import CHAT, DEEP_RESEARCH
-from .keys import DB, JOBS, LIMITER, SETTINGS
+from .keys import DB, JOBS, LIMITER, NOTIFIER, SETTINGS
 from .openapi import openapi_document
 from .ratelimit import subject_key
 from .responses import json_response
+from .usage import TokenUsage
 
 MAX_MESSAGE_CHARS = 20000
 RATE_WINDOWS = {CHAT: 60.0, DEEP_RESEARCH: 300.0}
@@ -230,7 +231,7 @@ async def chat_status(request: web.Request) -> web.Response:
     body = {"status": "waiting", "progress": None, "attemptsMade": 0}
     if message.status == Message.COMPLETE:
         body.update(status="completed", attemptsMade=1, result=_result_from_message(message))
-    elif message.status == Message.FAILED:
+    elif message.status in (Message.FAILED, Message.CANCELLED):
         body.update(status="failed", attemptsMade=1, error=message.error)
     return json_response(body)
 
@@ -241,9 +242,11 @@ async def deep_research_status(request: web.Request) -> web.Response:
     values = (
         await request.app[DB].run(store.state_values, message.state_id) if message.state_id else {}
     )
-    status = {Message.COMPLETE: "completed", Message.FAILED: "failed"}.get(
-        message.status, "processing"
-    )
+    status = {
+        Message.COMPLETE: "completed",
+        Message.FAILED: "failed",
+        Message.CANCELLED: "failed",
+    }.get(message.status, "processing")
     body = {"status": status, "messageId": message.id, "conversationId": message.conversation_id}
     stages = request.app[JOBS].specs[DEEP_RESEARCH].stages
     completed_steps = [stage.name for stage in stages if stage.name in values]
@@ -282,6 +285,7 @@ def message_json(message: Message, state: dict | None) -> dict:
         "createdAt": _iso(message.created_at),
         "updatedAt": _iso(message.updated_at),
         "state": state,
+        "usage": TokenUsage(message.prompt_tokens, message.completion_tokens).to_json(),
     }
 
 
@@ -380,6 +384,32 @@ async def retry_deep_research(request: web.Request) -> web.Response:
     return await _retry(request, DEEP_RESEARCH)
 
 
+# --- cancel -----------------------------------------------------------------------------------
+
+
+async def _cancel(request: web.Request, queue: str) -> web.Response:
+    """The owner cancels a job (SPEC §10): 409 once it has ended."""
+    message = await _owned_message(request, "jobId", queue)
+    app = request.app
+    try:
+        await job_actions.cancel(app[JOBS], app[DB], app[NOTIFIER], queue, message.id)
+    except InvalidJobState as error:
+        raise ApiError(409, f"the job cannot be cancelled: {error}") from None
+    except JobNotFound:
+        if message.status != Message.PENDING:  # finished, and past the queue's retention
+            raise ApiError(409, f"the job has already ended ({message.status})") from None
+        raise ApiError(404, "job not found", status="not_found") from None
+    return json_response({"ok": True, "jobId": message.id, "status": "cancelled"})
+
+
+async def cancel_chat(request: web.Request) -> web.Response:
+    return await _cancel(request, CHAT)
+
+
+async def cancel_deep_research(request: web.Request) -> web.Response:
+    return await _cancel(request, DEEP_RESEARCH)
+
+
 # --- operations -------------------------------------------------------------------------------
 
 
@@ -436,6 +466,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/api/deep-research/status/{messageId}", deep_research_status)
     app.router.add_post("/api/chat/retry/{jobId}", retry_chat)
     app.router.add_post("/api/deep-research/retry/{jobId}", retry_deep_research)
+    app.router.add_post("/api/chat/cancel/{jobId}", cancel_chat)
+    app.router.add_post("/api/deep-research/cancel/{jobId}", cancel_deep_research)
     app.router.add_get("/api/messages/{messageId}", get_message)
     app.router.add_get("/api/conversations/{conversationId}/messages", conversation_messages)
     app.router.add_get("/api/health", health)

@@ -35,7 +35,8 @@ def create_app(settings: Settings, *, run_workers: bool | None = None) -> web.Ap
     app.on_shutdown.append(_drain_jobs)  # listening has stopped; sockets stay open meanwhile
     app.on_shutdown.append(_close_sockets)
     api.setup_routes(app)
-    app.router.add_get("/api/ws", _websocket)
+    hub = app[HUB] = Hub(settings)
+    app.router.add_get("/api/ws", hub.handle)
     admin.setup(app)
     metrics.setup(app)
     app.router.add_static("/static", resource_dir("static"), name="static")
@@ -64,9 +65,8 @@ async def _llm(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _hub(app: web.Application) -> AsyncIterator[None]:
-    hub = Hub(app[SETTINGS], app[DB])
-    app[NOTIFIER].add_listener(hub.deliver)
-    app[HUB] = hub
+    """The hub (made with the app, so its route exists) gets the database and the notifier."""
+    app[HUB].attach(app[DB], app[NOTIFIER])
     yield
 
 
@@ -90,10 +90,6 @@ async def _drain_jobs(app: web.Application) -> None:
 async def _close_sockets(app: web.Application) -> None:
     if HUB in app:
         await app[HUB].close()
-
-
-async def _websocket(request: web.Request) -> web.StreamResponse:
-    return await request.app[HUB].handle(request)
 
 
 async def _home(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from .jobs.handler import AgentJobHandler
 from .jobs.inprocess import InProcessJobQueue
 from .jobs.spec import queue_specs
 from .keys import DB, HUB, JOBS, LIMITER, LLM_CLIENT, NOTIFIER, RUN_WORKERS, RUNNER, SETTINGS
-from .notify import LocalNotifier
+from .notify import LocalNotifier, Retention
 from .ratelimit import MemoryRateLimiter
 from .recovery import requeue_pending
 
@@ -43,7 +43,7 @@ async def job_system(app: web.Application) -> AsyncIterator[None]:
                     services.running_workers(handler, list(specs))
                 )
         else:
-            notifier = LocalNotifier()
+            notifier = LocalNotifier(Retention.from_settings(settings))
             jobs = InProcessJobQueue(specs, AgentJobHandler(db, notifier, llm, specs))
             await jobs.start()
             stack.push_async_callback(jobs.close)

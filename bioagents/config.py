@@ -52,6 +52,11 @@ class Settings:
     log_format: str = "text"
     metrics_token: str = ""  # set: /metrics needs it as a bearer token; unset: loopback only
     admin_read_only: bool = False
+    chat_job_timeout: float = 300.0  # seconds an attempt may run; 0 = no limit (SPEC §10)
+    deep_research_job_timeout: float = 0.0
+    notify_replay_seconds: float = 3600.0  # how long notifications are kept for replay (§5)
+    notify_replay_max: int = 1000  # how many per conversation
+    max_sockets_per_user: int = 50
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
@@ -95,6 +100,13 @@ class Settings:
             log_format=_choice(env, "LOG_FORMAT", "text", {"text", "json"}),
             metrics_token=env.get("METRICS_TOKEN", "").strip(),
             admin_read_only=_flag(env, "ADMIN_READ_ONLY", False),
+            chat_job_timeout=_float(env, "CHAT_JOB_TIMEOUT_SECONDS", 300.0, minimum=0.0),
+            deep_research_job_timeout=_float(
+                env, "DEEP_RESEARCH_JOB_TIMEOUT_SECONDS", 0.0, minimum=0.0
+            ),
+            notify_replay_seconds=_float(env, "NOTIFY_REPLAY_SECONDS", 3600.0, minimum=1.0),
+            notify_replay_max=_int(env, "NOTIFY_REPLAY_MAX", 1000, minimum=1),
+            max_sockets_per_user=_int(env, "MAX_SOCKETS_PER_USER", 50, minimum=1),
         )
         values.update(overrides)
         settings = cls(**values)

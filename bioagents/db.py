@@ -96,6 +96,7 @@ class Message(BaseModel):
     PENDING = "PENDING"
     COMPLETE = "COMPLETE"
     FAILED = "FAILED"
+    CANCELLED = "CANCELLED"  # by its owner or an admin; `content` keeps the text so far
 
     id = pw.CharField(primary_key=True, max_length=36)
     conversation_id = pw.CharField(max_length=36)
@@ -109,6 +110,10 @@ class Message(BaseModel):
     response_time_ms = pw.IntegerField(null=True)
     created_at = pw.DateTimeField(default=utcnow)
     updated_at = pw.DateTimeField(default=utcnow)
+    # The model's token usage, summed over the message's attempts (SPEC §10); the database
+    # default serves the hand-written INSERT in `store.accept_message`.
+    prompt_tokens = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
+    completion_tokens = pw.IntegerField(default=0, constraints=[pw.SQL("DEFAULT 0")])
 
     class Meta:
         table_name = "messages"
@@ -147,10 +152,35 @@ def open_database(url: str) -> pw.Database:
     return db_url.connect(url)
 
 
+# Columns added after their table was first created: (table, column, SQL definition), oldest
+# first. Plain SQL both SQLite and PostgreSQL take, with a default so existing rows fit.
+ADDED_COLUMNS = (
+    ("messages", "prompt_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("messages", "completion_tokens", "INTEGER NOT NULL DEFAULT 0"),
+)
+
+
 def migrate(database: pw.Database) -> None:
-    """Create the tables and indexes that are missing (idempotent)."""
+    """Create the tables and indexes that are missing and add the columns a database made by
+    an earlier version lacks (idempotent; safe when several processes start at once)."""
     with database.bind_ctx(MODELS):
         database.create_tables(MODELS, safe=True)
+    for table, column, definition in ADDED_COLUMNS:
+        _add_column(database, table, column, definition)
+
+
+def _add_column(database: pw.Database, table: str, column: str, definition: str) -> None:
+    def present() -> bool:
+        return any(existing.name == column for existing in database.get_columns(table))
+
+    if present():
+        return
+    try:
+        with database.atomic():
+            database.execute_sql(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+    except (pw.OperationalError, pw.ProgrammingError):
+        if not present():  # unless another process added it at the same moment
+            raise
 
 
 class Database:

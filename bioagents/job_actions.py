@@ -9,13 +9,15 @@ cannot bring it back (SPEC §12)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
-from . import store
+from . import events, store
 from .db import Database, Message
 from .jobs.base import InvalidJobState, JobInfo, JobNotFound, JobQueue, JobState
-from .jobs.handler import job_data
+from .jobs.handler import announce_cancelled, job_data
 from .notify import Notifier
+from .usage import TokenUsage
 
 UNFINISHED = (JobState.WAITING, JobState.DELAYED)
 CLEANABLE = (JobState.COMPLETED, JobState.FAILED, JobState.WAITING, JobState.DELAYED)
@@ -56,7 +58,7 @@ async def check_retryable(db: Database, message: Message, job: JobInfo | None) -
         if job.state is not JobState.FAILED:
             raise InvalidJobState(f"only failed jobs can be retried; this one is {job.state.value}")
         return
-    if message.status != Message.FAILED:
+    if message.status not in (Message.FAILED, Message.CANCELLED):
         raise InvalidJobState(f"only failed jobs can be retried; this message is {message.status}")
     if await db.run(store.was_removed, message.id):
         raise JobNotFound(f"job {message.id} was removed by an admin")
@@ -86,6 +88,20 @@ async def retry_failed(jobs: JobQueue, db: Database, queue: str) -> int:
             continue
         retried += 1
     return retried
+
+
+async def cancel(
+    jobs: JobQueue, db: Database, notifier: Notifier, queue: str, job_id: str
+) -> JobInfo:
+    """Cancel a job (SPEC §10); returns it as it was. A waiting or delayed job's message ends
+    CANCELLED here, announced as its attempt would; an active job's is settled by the process
+    that runs it once the attempt has stopped (`JobHandler.on_cancelled`).
+    Raises JobNotFound, or InvalidJobState when the job has completed or failed."""
+    job = await jobs.cancel(queue, job_id)
+    if job.state in UNFINISHED:
+        notification = functools.partial(events.of_job, job=job)
+        await announce_cancelled(db, notifier, job.id, TokenUsage(), notification)
+    return job
 
 
 async def remove(
@@ -130,19 +146,11 @@ async def _give_up(db: Database, notifier: Notifier, job: JobInfo, reason: str) 
     would: message:updated, then job:failed with the reason."""
     if not await db.run(store.fail_message, job.id, reason):
         return
-    conversation_id = job.data.get("conversationId")
-    if not conversation_id:
+    if not job.data.get("conversationId"):
         return
-    common = {"jobId": job.id, "conversationId": conversation_id}
-    tail = {"queue": job.queue, "attempt": job.attempts_made}
+    await notifier.publish(events.of_job(events.MESSAGE_UPDATED, job, messageId=job.id))
     await notifier.publish(
-        conversation_id, {"type": "message:updated", **common, "messageId": job.id, **tail}
-    )
-    ids = {"messageId": job.id}
-    if job.data.get("stateId"):
-        ids["stateId"] = job.data["stateId"]
-    await notifier.publish(
-        conversation_id, {"type": "job:failed", **common, **ids, "error": reason, **tail}
+        events.of_job(events.JOB_FAILED, job, **events.message_ids(job.data), error=reason)
     )
 
 

@@ -100,7 +100,7 @@ def rate_limited(queue: str) -> None:
     PROCESS.rate_limited[queue] += 1
 
 
-def notifications_delivered(text: str, sockets: int) -> None:
+def notifications_delivered(text: str | bytes, sockets: int) -> None:
     """The hub queued notification `text` (its JSON) for `sockets` WebSockets."""
     if sockets:
         kind = orjson.loads(text).get("type")

@@ -12,6 +12,7 @@ ERROR_TEXTS = {
     401: "missing or invalid credentials",
     403: "a cross-site request (Origin or Sec-Fetch-Site shows another site's page)",
     404: "not found, or not yours",
+    409: "the job has already completed, failed or been cancelled",
     413: "body over MAX_BODY_BYTES",
     415: "neither JSON nor a form",
     421: "a Host this server does not answer to (loopback names and ALLOWED_HOSTS)",
@@ -177,6 +178,22 @@ def openapi_document() -> dict:
                         "previousAttempts": {"type": "integer"},
                     },
                 },
+                "Cancelled": {
+                    "type": "object",
+                    "properties": {
+                        "ok": {"const": True},
+                        "jobId": {"type": "string"},
+                        "status": {"const": "cancelled"},
+                    },
+                },
+                "Usage": {
+                    "type": "object",
+                    "required": ["promptTokens", "completionTokens"],
+                    "properties": {
+                        "promptTokens": {"type": "integer"},
+                        "completionTokens": {"type": "integer"},
+                    },
+                },
                 "Message": {
                     "type": "object",
                     "properties": {
@@ -185,12 +202,13 @@ def openapi_document() -> dict:
                         "userId": {"type": "string"},
                         "question": {"type": "string"},
                         "content": {"type": ["string", "null"]},
-                        "status": {"enum": ["PENDING", "COMPLETE", "FAILED"]},
+                        "status": {"enum": ["PENDING", "COMPLETE", "FAILED", "CANCELLED"]},
                         "error": {"type": ["string", "null"]},
                         "responseTime": {"type": ["integer", "null"]},
                         "createdAt": {"type": "string", "format": "date-time"},
                         "updatedAt": {"type": "string", "format": "date-time"},
                         "state": {"type": ["object", "null"]},
+                        "usage": ref("Usage"),
                     },
                 },
                 "Health": {
@@ -271,6 +289,20 @@ def openapi_document() -> dict:
                         **_ok(ref("Retrying")),
                         **_error_responses(400, 401, 403, 404, 429, 503),
                     },
+                }
+            },
+            "/api/chat/cancel/{jobId}": {
+                "post": {
+                    "summary": "Cancel a chat job (waiting, delayed or active)",
+                    "parameters": [_path_param("jobId")],
+                    "responses": {**_ok(ref("Cancelled")), **_error_responses(401, 404, 409, 503)},
+                }
+            },
+            "/api/deep-research/cancel/{jobId}": {
+                "post": {
+                    "summary": "Cancel a deep-research job (waiting, delayed or active)",
+                    "parameters": [_path_param("jobId")],
+                    "responses": {**_ok(ref("Cancelled")), **_error_responses(401, 404, 409, 503)},
                 }
             },
             "/api/messages/{messageId}": {

@@ -9,6 +9,8 @@ import datetime as dt
 import peewee as pw
 
 from .db import Conversation, Message, RemovedJob, State, new_id, utcnow
+from .jobs.base import CANCELLED
+from .usage import TokenUsage
 
 
 class NotOwned(Exception):
@@ -171,15 +173,22 @@ def _storable(text: str | None) -> str | None:
     return None if text is None else text.replace("\x00", "")
 
 
-def complete_message(message_id: str, content: str, response_time_ms: int) -> bool:
-    """PENDING → COMPLETE, at most once; False when another run already answered."""
+def complete_message(
+    message_id: str, content: str, response_time_ms: int, usage: TokenUsage | None = None
+) -> bool:
+    """PENDING → COMPLETE with the answer and the attempt's token usage, at most once; False
+    (and nothing written) when another run already answered."""
+    usage = usage or TokenUsage()
     cursor = _execute(
         "UPDATE messages SET status = ?, content = ?, error = NULL, response_time_ms = ?, "
+        "prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?, "
         "updated_at = ? WHERE id = ? AND status = ?",
         (
             Message.COMPLETE,
             _storable(content),
             response_time_ms,
+            usage.prompt_tokens,
+            usage.completion_tokens,
             Message.updated_at.db_value(utcnow()),
             message_id,
             Message.PENDING,
@@ -188,21 +197,74 @@ def complete_message(message_id: str, content: str, response_time_ms: int) -> bo
     return cursor.rowcount == 1
 
 
-def fail_message(message_id: str, error: str) -> bool:
-    """PENDING → FAILED; never over COMPLETE."""
+def fail_message(message_id: str, error: str, usage: TokenUsage | None = None) -> bool:
+    """PENDING → FAILED (no answer, so no partial text either); never over COMPLETE."""
+    usage = usage or TokenUsage()
     updated = (
-        Message.update(status=Message.FAILED, error=_storable(error), updated_at=utcnow())
+        Message.update(
+            status=Message.FAILED,
+            error=_storable(error),
+            content=None,
+            prompt_tokens=Message.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=Message.completion_tokens + usage.completion_tokens,
+            updated_at=utcnow(),
+        )
         .where((Message.id == message_id) & (Message.status == Message.PENDING))
         .execute()
     )
     return updated == 1
 
 
-def reopen_message(message_id: str) -> bool:
-    """FAILED → PENDING, for a manual retry."""
+def cancel_message(message_id: str, usage: TokenUsage | None = None) -> bool:
+    """PENDING → CANCELLED, keeping the text produced so far (SPEC §10)."""
+    usage = usage or TokenUsage()
     updated = (
-        Message.update(status=Message.PENDING, error=None, updated_at=utcnow())
-        .where((Message.id == message_id) & (Message.status == Message.FAILED))
+        Message.update(
+            status=Message.CANCELLED,
+            error=CANCELLED,
+            prompt_tokens=Message.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=Message.completion_tokens + usage.completion_tokens,
+            updated_at=utcnow(),
+        )
+        .where((Message.id == message_id) & (Message.status == Message.PENDING))
+        .execute()
+    )
+    return updated == 1
+
+
+def discard_answer(message_id: str, usage: TokenUsage) -> None:
+    """A failed attempt that will be retried: its partial text goes, its tokens count."""
+    Message.update(
+        content=None,
+        prompt_tokens=Message.prompt_tokens + usage.prompt_tokens,
+        completion_tokens=Message.completion_tokens + usage.completion_tokens,
+        updated_at=utcnow(),
+    ).where((Message.id == message_id) & (Message.status == Message.PENDING)).execute()
+
+
+def restart_answer(message_id: str) -> None:
+    """An attempt starts its answer: no text yet."""
+    _execute(
+        "UPDATE messages SET content = NULL WHERE id = ? AND status = ? AND content IS NOT NULL",
+        (message_id, Message.PENDING),
+    )
+
+
+def save_answer_so_far(message_id: str, content: str) -> None:
+    """The text of an answer still being generated (what a client arriving mid-answer reads)."""
+    _execute(
+        "UPDATE messages SET content = ?, updated_at = ? WHERE id = ? AND status = ?",
+        (_storable(content), Message.updated_at.db_value(utcnow()), message_id, Message.PENDING),
+    )
+
+
+def reopen_message(message_id: str) -> bool:
+    """FAILED or CANCELLED → PENDING, for a manual retry (which answers from scratch)."""
+    updated = (
+        Message.update(status=Message.PENDING, error=None, content=None, updated_at=utcnow())
+        .where(
+            (Message.id == message_id) & (Message.status.in_((Message.FAILED, Message.CANCELLED)))
+        )
         .execute()
     )
     return updated == 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import json
 import re
 import time
 
@@ -17,14 +18,23 @@ ERROR_BODY = '<img src=x onerror="alert(1)"><b>model overloaded</b>'
 BROKEN = web.AppKey("broken", dict)
 
 
-async def _completions(request: web.Request) -> web.Response:
+async def _completions(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     question = body["messages"][-1]["content"]
     if request.app[BROKEN]["on"] and FAIL_MARK in question:
         return web.Response(status=500, text=ERROR_BODY, content_type="text/html")
-    return web.json_response(
-        {"choices": [{"message": {"role": "assistant", "content": f"fake answer to: {question}"}}]}
-    )
+    answer = f"fake answer to: {question}"
+    if not body.get("stream"):
+        return web.json_response(
+            {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+        )
+    # Server-sent events, as the OpenAI API streams: one content chunk, then [DONE].
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    chunk = {"choices": [{"index": 0, "delta": {"content": answer}}]}
+    await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n")
+    await response.write_eof()
+    return response
 
 
 async def _heal(request: web.Request) -> web.Response:

@@ -68,10 +68,13 @@ async def open_socket(client, user="alice"):
     return ws
 
 
-async def subscribe(ws, conversation_id: str) -> None:
-    await ws.send_json({"action": "subscribe", "conversationId": conversation_id})
+async def subscribe(ws, conversation_id: str, **options) -> dict:
+    """Subscribe (`options`: since, stream); returns the `subscribed` frame."""
+    await ws.send_json({"action": "subscribe", "conversationId": conversation_id, **options})
     frame = await ws.receive_json(timeout=5)
-    assert frame == {"type": "subscribed", "conversationId": conversation_id}, frame
+    assert frame["type"] == "subscribed", frame
+    assert frame["conversationId"] == conversation_id and "lastId" in frame, frame
+    return frame
 
 
 async def events_until(ws, last_types=("job:completed", "job:failed"), timeout=30.0):

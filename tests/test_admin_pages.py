@@ -204,7 +204,10 @@ async def test_failed_job_page_shows_error_and_traceback_of_every_attempt_escape
     for attempt in range(1, 5):
         assert f'<span class="attempt-n">Attempt {attempt}</span>' in page
     assert page.count("Traceback (most recent call last)") == 4
-    assert page.count("LLMError: LLM endpoint answered HTTP 500") >= 8  # summary + traceback
+    # Each attempt's summary and traceback name the failure in the words users get; the
+    # provider's own answer is in the traceback only (SPEC §12).
+    assert page.count("the language model service failed (HTTP 500)") >= 8
+    assert page.count("answered HTTP 500") == 4
     # The question and the endpoint's HTML error body are shown, escaped, never as markup.
     assert "<script>alert" not in page and "&lt;script&gt;alert(&#39;q&#39;)&lt;/script&gt;" in page
     assert ERROR_BODY not in page and str(escape(ERROR_BODY)) in page
@@ -218,7 +221,7 @@ async def test_failed_list_rows_show_the_last_error(aiohttp_server, make_client)
     page = await (await client.get("/admin/queues/queue/chat?status=failed")).text()
     assert _rows(page) == [body["jobId"]]
     assert '<th scope="col">Error</th>' in page
-    assert "LLMError: LLM endpoint answered HTTP 500" in page
+    assert "the language model service failed (HTTP 500)" in page
     assert "Retry all 1" in page and "Retry all 1 failed job of chat?" in page
 
 

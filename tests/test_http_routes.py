@@ -98,6 +98,7 @@ async def test_message_route_returns_the_whole_row(client):
         "createdAt",
         "updatedAt",
         "state",
+        "usage",
     }
     assert message["id"] == accepted["messageId"]
     assert message["conversationId"] == accepted["conversationId"]
@@ -108,6 +109,7 @@ async def test_message_route_returns_the_whole_row(client):
     assert isinstance(message["responseTime"], int)
     assert message["createdAt"] <= message["updatedAt"]
     assert message["state"] is None  # chat keeps no state row
+    assert message["usage"]["promptTokens"] > 0 and message["usage"]["completionTokens"] > 0
 
 
 async def test_unknown_message_is_404_json(client):

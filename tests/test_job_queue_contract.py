@@ -21,6 +21,7 @@ import pytest
 from bioagents.jobs.base import (
     STALLED_TWICE,
     Attempt,
+    AttemptFailure,
     InvalidJobState,
     JobFilter,
     JobNotFound,
@@ -59,7 +60,7 @@ class ScriptedHandler:
         if do == "sleep":
             await asyncio.sleep(attempt.data.get("seconds", 30))
         if do == "fail" or (do == "fail-then-ok" and attempt.attempt < 3):
-            raise RuntimeError(f"scripted failure {attempt.attempt}")
+            raise AttemptFailure(f"scripted failure {attempt.attempt}")
         return {"text": f"done {attempt.job_id}"}
 
     async def on_completed(self, attempt: Attempt, result: dict) -> None:
@@ -67,6 +68,9 @@ class ScriptedHandler:
 
     async def on_failed(self, attempt: Attempt, error: str, final: bool) -> None:
         self.outcomes.append((attempt.job_id, error, final))
+
+    async def on_cancelled(self, attempt: Attempt) -> None:
+        self.outcomes.append((attempt.job_id, "cancelled", True))
 
 
 @dataclasses.dataclass
@@ -174,7 +178,7 @@ async def test_a_failing_job_is_retried_after_exact_backoff_then_fails(system):
     for gap, backoff in zip(gaps, (0.2, 0.4, 0.8), strict=True):
         assert backoff <= gap < backoff + 0.5, gaps  # no jitter: never sooner, never much later
     assert [e.attempt for e in failed.errors] == [1, 2, 3, 4]
-    assert failed.error == "RuntimeError: scripted failure 4"
+    assert failed.error == "scripted failure 4"  # the sentence users see
     assert "scripted failure 4" in failed.errors[-1].traceback
     finals = [final for jid, _, final in system.handler.outcomes if jid == job_id]
     assert finals == [False, False, False, True]
@@ -185,7 +189,7 @@ async def test_a_failed_attempt_is_visibly_delayed_and_promote_runs_it_now(open_
     job_id = await system.add("fail-then-ok")
     delayed = await system.until(job_id, JobState.DELAYED)
     assert delayed.run_at > time.time() + 20
-    assert delayed.error == "RuntimeError: scripted failure 1"
+    assert delayed.error == "scripted failure 1"
     assert (await system.jobs.counts(QUEUE)).delayed == 1
     with pytest.raises(InvalidJobState):
         await system.jobs.retry(QUEUE, job_id)

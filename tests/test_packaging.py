@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -46,14 +47,12 @@ def test_the_wheel_carries_the_board_and_serves_it_installed_elsewhere(tmp_path)
         [sys.executable, "-m", "bioagents.cli", "serve"],
         cwd=elsewhere,
         env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
-        for line in server.stdout:
-            if b"Running on" in line or b"bioagents ready" in line:
-                break
         base = f"http://127.0.0.1:{port}"
+        _wait_for(f"{base}/api/health", server)
         page = _get(f"{base}/admin/queues")
         assert '<meta name="csrf-token"' in page
         assert "htmx" in _get(f"{base}/static/vendor/htmx.org-2.0.11/htmx.min.js")
@@ -69,6 +68,18 @@ def test_the_wheel_carries_the_board_and_serves_it_installed_elsewhere(tmp_path)
     finally:
         server.terminate()
         server.wait(timeout=15)
+
+
+def _wait_for(url: str, server: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _get(url)
+            return
+        except OSError:
+            assert server.poll() is None, "serve exited"
+            assert time.monotonic() < deadline, f"{url} did not answer"
+            time.sleep(0.1)
 
 
 def _get(url: str) -> str:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from ..jobs.spec import QueueSpec
+from ..usage import TokenUsage
 from .chat import Progress
 from .llm import LLM
+from .reply import Reply, stream_reply
 
 SaveStage = Callable[[str, str], Awaitable[None]]
 
@@ -28,8 +30,11 @@ async def run(
     stored: dict,
     progress: Progress,
     save_stage: SaveStage,
+    reply: Reply,
+    usage: TokenUsage,
 ) -> tuple[str, list[str]]:
-    """Run the stages not yet in `stored` (stage → output); returns (report, papers)."""
+    """Run the stages not yet in `stored` (stage → output); returns (report, papers). The
+    `reply` stage, the report itself, is streamed into `reply`."""
     outputs = dict(stored)
     for stage in spec.stages:
         await progress(stage.name, stage.percent)
@@ -37,7 +42,11 @@ async def run(
             continue
         context = "\n\n".join(f"## {name}\n{text}" for name, text in outputs.items())
         prompt = f"Question: {question}\n\n{context}".strip()
-        outputs[stage.name] = await llm.complete(INSTRUCTIONS[stage.name], prompt)
+        instructions = INSTRUCTIONS[stage.name]
+        if stage.name == "reply":
+            outputs[stage.name] = await stream_reply(llm, instructions, prompt, usage, reply)
+        else:
+            outputs[stage.name] = await llm.complete(instructions, prompt, usage)
         await save_stage(stage.name, outputs[stage.name])
     papers = [
         line[2:].strip()

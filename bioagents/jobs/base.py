@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from ..history import History, NotRecorded
+from ..usage import TokenUsage
 from .spec import QueueSpec
 
 
@@ -31,8 +32,9 @@ class JobState(str, enum.Enum):
 STATES = tuple(JobState)
 STALLED_TWICE = "job stalled more than allowable limit"
 MAX_STALLS = 2  # the second stall fails the job (SPEC §6)
-KEPT_ATTEMPT_ERRORS = 10  # a job keeps the errors of its last 10 attempts (SPEC §12)
-MAX_TRACEBACK_BYTES = 4096  # each of them with its traceback cut to 4 KiB (SPEC §12)
+MAX_TRACEBACK_BYTES = 4096  # each attempt's traceback kept cut to 4 KiB (SPEC §12)
+CANCELLED = "cancelled"  # the error of a job cancelled by its owner or an admin (SPEC §10)
+INTERNAL_FAILURE = "the job failed because of an internal error"
 
 
 class JobError(Exception):
@@ -55,6 +57,26 @@ class UnknownQueue(JobError):
     """No queue by that name."""
 
 
+class AttemptFailure(Exception):
+    """An attempt failed for a reason its user may read: `str()` is one generic sentence
+    (SPEC §12 "what users see"); the details go in the cause, which the board's traceback and
+    the log show."""
+
+
+class AttemptTimedOut(AttemptFailure):
+    """The attempt ran longer than its queue's timeout and was stopped."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"job timed out after {seconds:g} s")
+
+
+def failure_text(error: BaseException) -> str:
+    """The one line users see for a failed attempt (status routes, message, `job:failed`)."""
+    if isinstance(error, AttemptFailure) and str(error):
+        return str(error)
+    return INTERNAL_FAILURE
+
+
 @dataclasses.dataclass
 class AttemptError:
     attempt: int
@@ -72,6 +94,25 @@ class AttemptError:
 
 
 @dataclasses.dataclass
+class AttemptUsage:
+    """The model's token usage of one attempt that ended (whatever its outcome)."""
+
+    attempt: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    def to_json(self) -> dict:
+        return {
+            "attempt": self.attempt,
+            "promptTokens": self.prompt_tokens,
+            "completionTokens": self.completion_tokens,
+        }
+
+
+MAX_ATTEMPT_RECORDS = 10  # per-attempt errors and usage kept on a job (SPEC §12)
+
+
+@dataclasses.dataclass
 class JobInfo:
     id: str
     queue: str
@@ -82,6 +123,7 @@ class JobInfo:
     progress: dict | None = None  # {"stage", "percent"} of the latest stage
     result: dict | None = None
     errors: list[AttemptError] = dataclasses.field(default_factory=list)
+    usage: list[AttemptUsage] = dataclasses.field(default_factory=list)  # oldest first
     queued_at: float = 0.0
     started_at: float | None = None  # the latest attempt's start
     finished_at: float | None = None
@@ -129,6 +171,7 @@ class JobInfo:
             "result": self.result,
             "error": self.error,
             "errors": [e.to_json() for e in self.errors],
+            "usage": [u.to_json() for u in self.usage],
             "queuedAt": self.queued_at,
             "startedAt": self.started_at,
             "finishedAt": self.finished_at,
@@ -189,23 +232,36 @@ class Attempt:
     attempt: int  # 1-based
     max_attempts: int
     set_progress: Callable[[dict], Awaitable[None]]  # stores progress on the job
+    # What the model spent in this attempt so far: the handler adds to it while it runs; the
+    # queue stores it on the job (`JobInfo.usage`) once the attempt ends, whatever the outcome.
+    usage: TokenUsage = dataclasses.field(default_factory=TokenUsage)
 
     @property
     def is_last(self) -> bool:
         return self.attempt >= self.max_attempts
 
+    def usage_record(self) -> AttemptUsage:
+        return AttemptUsage(self.attempt, self.usage.prompt_tokens, self.usage.completion_tokens)
+
 
 class JobHandler(Protocol):
-    """What a job does; the queue implementations call these in this order per attempt."""
+    """What a job does; the queue implementations call `run`, then, once the outcome is stored,
+    exactly one of the `on_*` hooks, with the same Attempt (its `usage` filled by `run`)."""
 
     async def run(self, attempt: Attempt) -> dict:
-        """Execute the attempt; return the result or raise to fail it."""
+        """Execute the attempt; return the result or raise to fail it. A stop (cancel, timeout,
+        shutdown) arrives as asyncio.CancelledError at an await, and must not be swallowed."""
 
     async def on_completed(self, attempt: Attempt, result: dict) -> None:
         """Called after the job is stored as completed."""
 
     async def on_failed(self, attempt: Attempt, error: str, final: bool) -> None:
-        """Called after the failure is stored (as delayed when not final, else failed)."""
+        """Called after the failure is stored (as delayed when not final, else failed);
+        `error` is `failure_text` of what `run` raised (AttemptTimedOut for a timeout)."""
+
+    async def on_cancelled(self, attempt: Attempt) -> None:
+        """Called after an active attempt stopped by `JobQueue.cancel` is stored as failed with
+        CANCELLED (never retried by itself). Not called for jobs cancelled before they ran."""
 
 
 class JobRunner(Protocol):
@@ -246,6 +302,17 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     async def retry_failed(self, queue: str) -> int:
         """Retry every failed job of the queue; returns how many."""
+
+    @abc.abstractmethod
+    async def cancel(self, queue: str, job_id: str) -> JobInfo:
+        """Cancel a job; returns it as it was when cancelled (its state says which case).
+
+        Waiting or delayed: it never runs; it is failed at once with error CANCELLED, and the
+        caller settles its message (`job_actions.cancel`). Active: its attempt is stopped
+        within 2 s wherever it runs, stored as failed with CANCELLED and handed to
+        `JobHandler.on_cancelled` by the process that ran it; this may return before that.
+        A cancelled job is never retried by itself; `retry` runs it again.
+        Raises JobNotFound, or InvalidJobState when it has completed or failed."""
 
     @abc.abstractmethod
     async def remove(self, queue: str, job_id: str) -> None:
@@ -319,18 +386,18 @@ def now() -> float:
     return time.time()
 
 
-def describe_failure(error: BaseException) -> str:
-    """The one-line error of a failed attempt, as users see it."""
-    return f"{error.__class__.__name__}: {error}" if str(error) else repr(error)
-
-
 def describe_traceback(trace: str, timeout: float = 0) -> str:
-    """The one-line error of a formatted traceback (its last line); a timeout names its limit."""
+    """The line users see for an attempt that failed with `trace` where no job code could say
+    (SAQ's worker caught it): a timeout names its limit (as AttemptTimedOut does); a reason
+    that is no traceback ("cancelled", SAQ's "swept") stands as it is; anything else is an
+    internal error."""
     lines = [line for line in trace.strip().splitlines() if line.strip()]
     last = lines[-1].strip() if lines else ""
     if timeout and last.split(":")[0] in ("TimeoutError", "asyncio.exceptions.TimeoutError"):
-        return f"job timed out after {timeout:g} s"
-    return last or "failed"
+        return str(AttemptTimedOut(timeout))
+    if len(lines) == 1 and not last.startswith("Traceback"):
+        return last
+    return INTERNAL_FAILURE
 
 
 def cut_traceback(trace: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import itertools
 import logging
 import traceback
@@ -13,9 +14,11 @@ import traceback
 from .. import logs
 from ..history import History, MemoryHistory, Outcome
 from .base import (
-    KEPT_ATTEMPT_ERRORS,
+    CANCELLED,
+    MAX_ATTEMPT_RECORDS,
     Attempt,
     AttemptError,
+    AttemptTimedOut,
     InvalidJobState,
     JobFilter,
     JobHandler,
@@ -26,12 +29,14 @@ from .base import (
     QueueCounts,
     SearchResult,
     cut_traceback,
-    describe_failure,
+    failure_text,
     now,
 )
 from .spec import QueueSpec
 
 log = logging.getLogger(__name__)
+
+CANCEL_WAIT = 5.0  # seconds cancel() waits for a stopped attempt to be stored
 
 
 class _Queue:
@@ -42,6 +47,8 @@ class _Queue:
         self.jobs: dict[str, JobInfo] = {}
         self.waiting: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.active: dict[str, asyncio.Task] = {}
+        self.attempts: dict[str, Attempt] = {}  # the attempt each active task runs
+        self.cancelling: set[str] = set()  # active jobs whose task cancel() stopped
         self.delayed: dict[str, asyncio.TimerHandle] = {}
         self.completed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.failed: collections.OrderedDict[str, None] = collections.OrderedDict()
@@ -92,13 +99,15 @@ class InProcessJobQueue(JobQueue):
             job.started_at = now()
             job.finished_at = None
             job.progress = None
-            q.active[job_id] = asyncio.get_running_loop().create_task(self._run(q, job))
+            attempt = self._attempt(q, job)
+            q.attempts[job_id] = attempt
+            q.active[job_id] = asyncio.get_running_loop().create_task(self._run(q, job, attempt))
 
-    async def _run(self, q: _Queue, job: JobInfo) -> None:
+    def _attempt(self, q: _Queue, job: JobInfo) -> Attempt:
         async def set_progress(value: dict) -> None:
             job.progress = value
 
-        attempt = Attempt(
+        return Attempt(
             queue=q.spec.name,
             job_id=job.id,
             data=job.data,
@@ -106,55 +115,75 @@ class InProcessJobQueue(JobQueue):
             max_attempts=job.max_attempts,
             set_progress=set_progress,
         )
-        with logs.job_context(job.id, q.spec.name, attempt.attempt, job.data.get("conversationId")):
-            await self._attempt(q, job, attempt)
 
-    async def _attempt(self, q: _Queue, job: JobInfo, attempt: Attempt) -> None:
+    async def _run(self, q: _Queue, job: JobInfo, attempt: Attempt) -> None:
+        with logs.job_context(job.id, q.spec.name, attempt.attempt, job.data.get("conversationId")):
+            await self._execute(q, job, attempt)
+
+    async def _execute(self, q: _Queue, job: JobInfo, attempt: Attempt) -> None:
         log.debug("attempt %d of %d started", attempt.attempt, attempt.max_attempts)
+        timeout = q.spec.timeout
         try:
-            result = await self.handler.run(attempt)
+            async with asyncio.timeout(timeout or None) as deadline:
+                result = await self.handler.run(attempt)
         except asyncio.CancelledError:
-            # Cut off by a graceful stop: back to the front of the queue, the attempt not spent
-            # (after a restart the PENDING message brings the job back the same way).
-            q.active.pop(job.id, None)
-            job.state = JobState.WAITING
-            job.attempts_made -= 1
-            job.started_at = None
-            job.progress = None
-            q.waiting[job.id] = None
-            q.waiting.move_to_end(job.id, last=False)
-            raise
+            if job.id not in q.cancelling:
+                # Cut off by a graceful stop: back to the front of the queue, the attempt not
+                # spent (after a restart the PENDING message brings the job back the same way).
+                self._ended(q, job.id)
+                job.state = JobState.WAITING
+                job.attempts_made -= 1
+                job.started_at = None
+                job.progress = None
+                q.waiting[job.id] = None
+                q.waiting.move_to_end(job.id, last=False)
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()  # the stop was ours, and it is handled here
+            await self._attempt_cancelled(q, job, attempt)
+        except TimeoutError as error:
+            failure = AttemptTimedOut(timeout) if deadline.expired() else error
+            await self._attempt_failed(q, job, attempt, failure)
         except Exception as error:
             await self._attempt_failed(q, job, attempt, error)
         else:
-            q.active.pop(job.id, None)
+            self._ended(q, job.id)
             job.state = JobState.COMPLETED
             job.result = result
             job.finished_at = now()
+            self._record_usage(q, job, attempt)
             q.completed[job.id] = None
             self._trim(q)
             self.history.finished(q.spec.name, Outcome.COMPLETED, job.wait_seconds, job.run_seconds)
             log.debug("completed in %.3f s", job.run_seconds)
             await self._call_hook(self.handler.on_completed(attempt, result))
         finally:
-            q.active.pop(job.id, None)
+            if q.active.get(job.id) is asyncio.current_task():  # not a newer attempt's
+                self._ended(q, job.id)
             self._pump(q)
 
+    def _ended(self, q: _Queue, job_id: str) -> None:
+        q.active.pop(job_id, None)
+        q.attempts.pop(job_id, None)
+        q.cancelling.discard(job_id)
+
     async def _attempt_failed(self, q: _Queue, job: JobInfo, attempt: Attempt, error) -> None:
-        q.active.pop(job.id, None)
-        message = describe_failure(error)
-        job.errors.append(
-            AttemptError(attempt.attempt, message, cut_traceback(traceback.format_exc()), now())
-        )
-        del job.errors[:-KEPT_ATTEMPT_ERRORS]
+        """Store a failed attempt (the traceback of the exception being handled) as delayed, or
+        failed when it was the last, then call the hook."""
+        self._ended(q, job.id)
+        message = failure_text(error)
+        log.warning("attempt %d failed: %s", attempt.attempt, _detail(error))
+        trace = cut_traceback(traceback.format_exc())
+        job.errors.append(AttemptError(attempt.attempt, message, trace, now()))
+        del job.errors[:-MAX_ATTEMPT_RECORDS]
+        self._record_usage(q, job, attempt)
         final = job.attempts_made >= job.max_attempts
         if final:
-            job.state = JobState.FAILED
-            job.finished_at = now()
-            q.failed[job.id] = None
-            self._trim(q)
-            self.history.finished(q.spec.name, Outcome.FAILED, job.wait_seconds, job.run_seconds)
-            log.warning("attempt %d failed, the last: %s", attempt.attempt, message)
+            self._settle_failed(q, job)
+            timed_out = isinstance(error, AttemptTimedOut)
+            outcome = Outcome.TIMED_OUT if timed_out else Outcome.FAILED
+            self.history.finished(q.spec.name, outcome, job.wait_seconds, job.run_seconds)
         else:
             delay = q.spec.backoff(job.attempts_made)
             self.history.retried(q.spec.name)
@@ -165,6 +194,34 @@ class InProcessJobQueue(JobQueue):
                 delay, self._delay_over, q, job.id
             )
         await self._call_hook(self.handler.on_failed(attempt, message, final))
+
+    async def _attempt_cancelled(self, q: _Queue, job: JobInfo, attempt: Attempt) -> None:
+        """Store an active attempt that cancel() stopped as failed, never to be retried by
+        itself, then call the hook."""
+        if job.state is not JobState.ACTIVE:
+            return
+        self._ended(q, job.id)
+        stopped = f"attempt {attempt.attempt} was stopped: the job was cancelled"
+        job.errors.append(AttemptError(attempt.attempt, CANCELLED, stopped, now()))
+        del job.errors[:-MAX_ATTEMPT_RECORDS]
+        self._record_usage(q, job, attempt)
+        self._settle_failed(q, job)
+        self.history.finished(q.spec.name, Outcome.CANCELLED, job.wait_seconds, job.run_seconds)
+        await self._call_hook(self.handler.on_cancelled(attempt))
+
+    def _record_usage(self, q: _Queue, job: JobInfo, attempt: Attempt) -> None:
+        job.usage.append(attempt.usage_record())
+        del job.usage[:-MAX_ATTEMPT_RECORDS]
+        usage = attempt.usage
+        if usage.prompt_tokens or usage.completion_tokens:
+            self.history.used_tokens(q.spec.name, usage.prompt_tokens, usage.completion_tokens)
+
+    def _settle_failed(self, q: _Queue, job: JobInfo) -> None:
+        job.state = JobState.FAILED
+        job.finished_at = now()
+        job.run_at = None
+        q.failed[job.id] = None
+        self._trim(q)
 
     async def _call_hook(self, hook) -> None:
         try:
@@ -263,6 +320,31 @@ class InProcessJobQueue(JobQueue):
             await self.retry(queue, job_id)
         return len(ids)
 
+    async def cancel(self, queue: str, job_id: str) -> JobInfo:
+        q, job = self._job(queue, job_id)
+        if job.state in (JobState.COMPLETED, JobState.FAILED):
+            raise InvalidJobState(f"job {job_id} has already {job.state.value}")
+        before = dataclasses.replace(job, errors=list(job.errors), usage=list(job.usage))
+        if job.state is JobState.ACTIVE:
+            task = q.active[job_id]
+            attempt = q.attempts[job_id]
+            q.cancelling.add(job_id)
+            task.cancel()
+            await asyncio.wait({task}, timeout=CANCEL_WAIT)
+            if task.done():  # a task cancelled before its first step never ran `_run`
+                await self._attempt_cancelled(q, job, attempt)
+            return before
+        if job.state is JobState.WAITING:
+            del q.waiting[job_id]
+            reason = "cancelled while waiting: no attempt ran"
+        else:
+            q.delayed.pop(job_id).cancel()
+            reason = f"cancelled while waiting to retry after attempt {job.attempts_made}"
+        job.errors.append(AttemptError(job.attempts_made, CANCELLED, reason, now()))
+        self._settle_failed(q, job)
+        self.history.finished(q.spec.name, Outcome.CANCELLED, job.wait_seconds, None)
+        return before
+
     async def remove(self, queue: str, job_id: str) -> None:
         q, job = self._job(queue, job_id)
         if job.state is JobState.ACTIVE:
@@ -349,3 +431,16 @@ def _newest_first(q: _Queue, state: JobState):
     if state in (JobState.ACTIVE, JobState.DELAYED):
         return iter(sorted((q.jobs[i] for i in ids), key=lambda j: j.queued_at, reverse=True))
     return (q.jobs[i] for i in reversed(ids.keys()))
+
+
+def _detail(error: BaseException) -> str:
+    """The error and its causes in one line, for the log (never shown to users)."""
+    parts: list[str] = []
+    current: BaseException | None = error
+    while current is not None and len(parts) < 5:
+        text = str(current).strip().splitlines()[0][:300] if str(current).strip() else ""
+        parts.append(
+            f"{current.__class__.__name__}: {text}" if text else current.__class__.__name__
+        )
+        current = current.__cause__
+    return " <- ".join(parts)

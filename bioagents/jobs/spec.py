@@ -27,6 +27,7 @@ class QueueSpec:
     keep_failed_seconds: float
     keep_failed_count: int | None  # None: no count limit
     stages: tuple[Stage, ...]
+    timeout: float = 0.0  # seconds an attempt may run before it is stopped and fails; 0 = none
 
     @property
     def max_attempts(self) -> int:
@@ -83,10 +84,13 @@ _DEFAULTS = {
 
 
 def queue_specs(settings: Settings) -> dict[str, QueueSpec]:
-    """The specs with concurrency taken from the settings."""
+    """The specs with concurrency and timeout taken from the settings."""
     return {
-        CHAT: _DEFAULTS[CHAT].with_(concurrency=settings.chat_concurrency),
+        CHAT: _DEFAULTS[CHAT].with_(
+            concurrency=settings.chat_concurrency, timeout=settings.chat_job_timeout
+        ),
         DEEP_RESEARCH: _DEFAULTS[DEEP_RESEARCH].with_(
-            concurrency=settings.deep_research_concurrency
+            concurrency=settings.deep_research_concurrency,
+            timeout=settings.deep_research_job_timeout,
         ),
     }

@@ -20,8 +20,11 @@ from typing import Any
 
 from saq.job import Job, Status
 
+from ..history import Outcome
 from ..jobs.base import (
+    CANCELLED,
     AttemptError,
+    AttemptUsage,
     InvalidJobState,
     JobFilter,
     JobInfo,
@@ -56,7 +59,8 @@ STATES = {
 def new_job(spec: QueueSpec, job_id: str, data: dict, stalled_interval: float) -> Job:
     """One of our jobs as a SAQ job: its function is the queue's name; `retries` is SAQ's
     total attempts; `retry_delay` with `retry_backoff` the exponential backoff (exact on our
-    queue); no SAQ timeout yet; `heartbeat` lets SAQ's sweep find a dead worker's job."""
+    queue); `timeout` SAQ's own (0: none); `heartbeat` lets SAQ's sweep find a dead worker's
+    job."""
     return Job(
         function=spec.name,
         key=job_id,
@@ -64,7 +68,7 @@ def new_job(spec: QueueSpec, job_id: str, data: dict, stalled_interval: float) -
         retries=spec.max_attempts,
         retry_delay=spec.backoff_base,
         retry_backoff=True,
-        timeout=0,
+        timeout=int(spec.timeout),
         heartbeat=heartbeat_seconds(stalled_interval),
         ttl=int(spec.keep_completed_seconds),
     )
@@ -87,6 +91,10 @@ def job_info(queue: str, job: Job, score: Any) -> JobInfo:
         progress=meta.get("progress"),
         result=job.result if state is JobState.COMPLETED else None,
         errors=[AttemptError(**error) for error in meta.get("errors", ())],
+        usage=[
+            AttemptUsage(usage["attempt"], usage["promptTokens"], usage["completionTokens"])
+            for usage in meta.get("usage", ())
+        ],
         queued_at=job.queued / 1000,
         started_at=job.started / 1000 if job.started else None,
         finished_at=job.completed / 1000 if job.completed else None,
@@ -184,6 +192,26 @@ class SaqJobQueue(JobQueue):
                     retried += 1
                 except (JobNotFound, InvalidJobState):
                     pass
+
+    async def cancel(self, queue: str, job_id: str) -> JobInfo:
+        """SAQ's abort: a waiting or delayed job is finished as aborted (failed, CANCELLED) at
+        once; an active one is marked aborting, and SAQ's worker holding it stops it within a
+        second (our Worker's abort upkeep) and finishes it."""
+        q = self.queue(queue)
+        with unavailable_as_queue_error():
+            record, score = await q.pipeline.script(
+                scripts.GET, [q.job_id(job_id), q._incomplete], []
+            )
+            job = q.deserialize(record) if record else None
+            if job is None:
+                raise JobNotFound(f"job {job_id} is not in queue {queue}")
+            before = job_info(queue, job, score)
+            if before.state in (JobState.COMPLETED, JobState.FAILED):
+                raise InvalidJobState(f"job {job_id} has already {before.state.value}")
+            await q.abort(job, CANCELLED)
+        if job.status is Status.ABORTED:
+            self.history.finished(queue, Outcome.CANCELLED, before.wait_seconds, None)
+        return before
 
     async def remove(self, queue: str, job_id: str) -> None:
         q = self.queue(queue)

@@ -32,7 +32,7 @@ from saq.queue.redis import PubSubMultiplexer, RedisQueue
 from saq.utils import now
 
 from ..jobs.base import (
-    KEPT_ATTEMPT_ERRORS,
+    MAX_ATTEMPT_RECORDS,
     MAX_STALLS,
     STALLED_TWICE,
     AttemptError,
@@ -292,14 +292,8 @@ class BioagentsQueue(RedisQueue):
         reply = await self._take()  # a sibling slot may have left work behind
         if reply is not _NOTHING:
             return None if reply is _PAUSED else reply
-        # Redis 6+ takes fractional seconds; redis-py's annotation says int.
-        job_id = await self.redis.blmove(
-            self._queued,
-            self._active,
-            wait,
-            "LEFT",
-            "RIGHT",  # type: ignore[arg-type]
-        )
+        seconds: Any = wait  # Redis 6+ takes fractional seconds; redis-py's annotation says int
+        job_id = await self.redis.blmove(self._queued, self._active, seconds, "LEFT", "RIGHT")
         if job_id is None:
             return None
         token = _new_token()
@@ -552,11 +546,11 @@ class BioagentsQueue(RedisQueue):
 
     def _keep_error(self, job: Job, error: str | None) -> None:
         """Keep the failed attempt's one-line error and traceback in `meta["errors"]` (the last
-        KEPT_ATTEMPT_ERRORS, tracebacks cut), and cut SAQ's `error` (the traceback) the same way."""
+        MAX_ATTEMPT_RECORDS, tracebacks cut), and cut SAQ's `error` (the traceback) the same way."""
         trace = cut_traceback(error or "")
         line = job.meta.pop(ATTEMPT_ERROR, None) or describe_traceback(trace, job.timeout)
         entry = AttemptError(job.attempts, line, trace, time.time())
-        job.meta["errors"] = [*job.meta.get("errors", ()), entry.to_json()][-KEPT_ATTEMPT_ERRORS:]
+        job.meta["errors"] = [*job.meta.get("errors", ()), entry.to_json()][-MAX_ATTEMPT_RECORDS:]
         job.error = trace or line
 
     # --- what SAQ lacks -------------------------------------------------------------------------

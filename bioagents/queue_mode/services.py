@@ -24,6 +24,7 @@ from ..history import RedisHistory
 from ..jobs.base import JobHandler
 from ..jobs.handler import AgentJobHandler
 from ..jobs.spec import QueueSpec, queue_specs
+from ..notify import Retention
 from .connect import connect
 from .job_queue import SaqJobQueue
 from .notify import RedisNotifier
@@ -63,7 +64,9 @@ class QueueServices:
         )
         self.jobs.history = self.history
         self.notifier = RedisNotifier(
-            self.pipeline, (lambda: connect(url, "pubsub")) if subscribe else None
+            self.pipeline,
+            (lambda: connect(url, "pubsub")) if subscribe else None,
+            retention=Retention.from_settings(settings),
         )
         self.limiter = RedisRateLimiter(self.pipeline)
 

@@ -27,7 +27,7 @@ from saq.job import Job, Status
 
 from .. import logs
 from ..history import History, Outcome
-from ..jobs.base import STALLED_TWICE, Attempt, JobHandler, describe_failure
+from ..jobs.base import MAX_ATTEMPT_RECORDS, STALLED_TWICE, Attempt, JobHandler, failure_text
 from .queue import ATTEMPT_ERROR, BioagentsQueue, last_error_of
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,11 @@ class Worker(SaqWorker):
             try:
                 return await self.handler.run(attempt)
             except Exception as error:
-                job.meta[ATTEMPT_ERROR] = describe_failure(error)
+                job.meta[ATTEMPT_ERROR] = failure_text(error)
                 raise
+            finally:  # whatever the outcome (a timeout, a cancel included): SAQ stores it next
+                usage = [*job.meta.get("usage", ()), attempt.usage_record().to_json()]
+                job.meta["usage"] = usage[-MAX_ATTEMPT_RECORDS:]
 
     async def before_attempt(self, ctx: Any) -> None:
         job: Job = ctx["job"]
@@ -150,6 +153,10 @@ class Worker(SaqWorker):
             )
             return
         name = self.bio_queue.name
+        if attempt.usage.prompt_tokens or attempt.usage.completion_tokens:
+            self.history.used_tokens(
+                name, attempt.usage.prompt_tokens, attempt.usage.completion_tokens
+            )
         if job.status is Status.COMPLETE:
             self._finished(job, Outcome.COMPLETED)
             await self._hook(self.handler.on_completed(attempt, job.result))
@@ -162,7 +169,7 @@ class Worker(SaqWorker):
             await self._hook(self.handler.on_failed(attempt, last_error(job), False))
         elif job.status is Status.ABORTED:
             self._finished(job, Outcome.CANCELLED)
-            await self._hook(self.handler.on_failed(attempt, job.error or "aborted", True))
+            await self._hook(self.handler.on_cancelled(attempt))
 
     def _finished(self, job: Job, outcome: Outcome) -> None:
         wait = (job.started - job.queued) / 1000 if job.started and job.queued else None
@@ -203,6 +210,12 @@ class Worker(SaqWorker):
         )
 
     # --- upkeep and stop ---------------------------------------------------------------------
+
+    async def abort(self, abort_threshold: float) -> None:
+        """Upstream looks only at jobs that have run longer than the poll interval, so stopping
+        an aborted job can take two intervals; ours looks at every running job each second
+        (SPEC §10: an active attempt stops within 2 s)."""
+        await super().abort(0)
 
     async def upkeep(self) -> list[asyncio.Task]:
         self._upkeep = await super().upkeep()

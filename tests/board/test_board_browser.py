@@ -91,7 +91,11 @@ def test_a_failed_job_is_retried_from_its_page(board, watched):
     expect(errors).to_have_count(4)
     expect(errors.last.locator("pre.traceback")).to_be_visible()
     expect(errors.last.locator("pre.traceback")).to_contain_text("Traceback (most recent call")
-    expect(errors.first.locator(".error-line")).to_contain_text(
+    # The summary line is what users were told; the provider's own answer is in the traceback.
+    expect(errors.first.locator(".error-line")).to_have_text(
+        "the language model service failed (HTTP 500)"
+    )
+    expect(errors.last.locator("pre.traceback")).to_contain_text(
         'HTTP 500: <img src=x onerror="alert(1)"><b>model overloaded</b>'
     )
     expect(page.locator(".big")).to_contain_text("4 of 4")

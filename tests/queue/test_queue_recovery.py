@@ -34,6 +34,11 @@ async def test_a_killed_workers_job_completes_elsewhere_with_one_answer(
         _, body = await post_chat(http, api)
         job_id = body["jobId"]
         first_owner = await wait_until(lambda: owner_of(redis, job_id), what="job running")
+
+        async def first_run_announced():  # its job:started is on its way just after the claim
+            return channel.of(job_id, "job:started")
+
+        await wait_until(first_run_announced, what="the first run's job:started")
         doomed.signal(signal.SIGKILL)
         await procs.worker("chat", OFFLINE_LLM_DELAY=0.2)
 
