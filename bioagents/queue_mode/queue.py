@@ -325,6 +325,8 @@ class BioagentsQueue(RedisQueue):
             if reply[0] != 0:
                 return reply[0] == 1
             job.status = Status(_text(reply[1]))
+            if job.status in (Status.ABORTING, Status.ABORTED) and reply[2]:
+                job.error = _text(reply[2])  # the abort's reason, which SAQ's worker reads
             mode = "keep"
         return False
 

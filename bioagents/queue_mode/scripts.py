@@ -88,10 +88,10 @@ return {1, ARGV[2], redis.call('GET', KEYS[5])}
 # claim writes nothing, and a status is never silently overwritten — with mode 'keep' (SAQ's
 # update without a status) the stored status must still be the one we serialised, and no
 # status replaces a stored aborting/aborted one (an abort racing a heartbeat or a progress
-# write). On a mismatch nothing is written and the stored status is returned, for the caller
-# to serialise again with it.
+# write). On a mismatch nothing is written and the stored status (and error: an abort's
+# reason) is returned, for the caller to serialise again with them.
 # KEYS: job id, claims. ARGV: record, status, mode ('keep'|'set'), claim token or ''.
-# Returns {1} stored, {0, stored status} mismatch, {-1} stale claim.
+# Returns {1} stored, {0, stored status, stored error or false} mismatch, {-1} stale claim.
 UPDATE = Script(
     """
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], KEYS[1]) ~= ARGV[4] then return {-1} end
@@ -103,7 +103,9 @@ if stored then
     if type(status) ~= 'string' then status = 'new' end
     if status ~= ARGV[2] then
       if ARGV[3] == 'keep' or status == 'aborting' or status == 'aborted' then
-        return {0, status}
+        local error = old['error']
+        if type(error) ~= 'string' then error = false end
+        return {0, status, error}
       end
     end
   end
