@@ -16,7 +16,7 @@ from .db import Message
 from .errors import ApiError
 from .jobs.base import InvalidJobState, JobNotFound, JobState
 from .jobs.handler import job_data
-from .jobs.spec import CHAT, DEEP_RESEARCH
+from .jobs.spec import RESEARCH_AGENT, QueueSpec, queue_specs
 from .keys import DB, JOBS, LIMITER, NOTIFIER, SETTINGS
 from .openapi import openapi_document
 from .ratelimit import subject_key
@@ -24,7 +24,6 @@ from .responses import json_response
 from .usage import TokenUsage
 
 MAX_MESSAGE_CHARS = 20000
-RATE_WINDOWS = {CHAT: 60.0, DEEP_RESEARCH: 300.0}
 
 
 # --- request parsing -------------------------------------------------------------------------
@@ -103,19 +102,14 @@ def _question(body: dict) -> str:
 # --- accepting work ---------------------------------------------------------------------------
 
 
-async def _rate_limit(request: web.Request, queue: str, identity: auth.Identity) -> dict:
-    """Count the request in its window (SPEC §4, §12); 429 when the window is full."""
-    settings = request.app[SETTINGS]
-    limit = (
-        settings.chat_rate_limit_per_minute
-        if queue == CHAT
-        else settings.deep_research_rate_limit_per_5min
-    )
+async def _rate_limit(request: web.Request, spec: QueueSpec, identity: auth.Identity) -> dict:
+    """Count the request in its queue's window (SPEC §4, §12); 429 when the window is full."""
+    queue, limit = spec.name, spec.rate_limit
     if limit <= 0:
         return {}
     limiter = request.app[LIMITER]
     key = subject_key(queue, identity.user_id, anonymous=identity.anonymous, remote=request.remote)
-    decision = await limiter.hit(key, limit, RATE_WINDOWS[queue])
+    decision = await limiter.hit(key, limit, spec.rate_window)
     headers = decision.headers()
     if not decision.allowed:
         metrics.rate_limited(queue)
@@ -123,14 +117,14 @@ async def _rate_limit(request: web.Request, queue: str, identity: auth.Identity)
         raise ApiError(
             429,
             f"rate limit reached: {limit} {queue} requests per "
-            f"{int(RATE_WINDOWS[queue])} s; retry in {decision.retry_after} s",
+            f"{int(spec.rate_window)} s; retry in {decision.retry_after} s",
             headers,
             retryAfter=decision.retry_after,
         )
     return headers
 
 
-async def _accept(request: web.Request, queue: str) -> web.Response:
+async def _accept(request: web.Request, spec: QueueSpec) -> web.Response:
     body = await read_body(request)
     question = _question(body)
     conversation_id = body.get("conversationId")
@@ -139,7 +133,7 @@ async def _accept(request: web.Request, queue: str) -> web.Response:
     else:
         conversation_id = None
     identity = identify(request, body.get("userId"))
-    headers = await _rate_limit(request, queue, identity)
+    headers = await _rate_limit(request, spec, identity)
 
     db = request.app[DB]
     accepted = await db.run(
@@ -147,24 +141,20 @@ async def _accept(request: web.Request, queue: str) -> web.Response:
         identity.user_id,
         conversation_id,
         question,
-        queue,
-        dedupe=queue == DEEP_RESEARCH,
+        spec.name,
+        dedupe=spec.dedupe,
+        keeps_state=spec.keeps_state,
     )
     message = accepted.message
     if not accepted.deduplicated:
         await _enqueue_or_withdraw(request, accepted)
-    poll = (
-        f"/api/chat/status/{message.id}"
-        if queue == CHAT
-        else f"/api/deep-research/status/{message.id}"
-    )
     reply = {
         "jobId": message.id,
         "messageId": message.id,
         "conversationId": message.conversation_id,
         "userId": identity.user_id,
         "status": "queued",
-        "pollUrl": poll,
+        "pollUrl": spec.poll_url(message.id),
     }
     if accepted.deduplicated:
         reply["deduplicated"] = True
@@ -180,14 +170,6 @@ async def _enqueue_or_withdraw(request: web.Request, accepted: store.Accepted) -
     except Exception:
         await request.app[DB].run(store.withdraw, accepted)
         raise
-
-
-async def post_chat(request: web.Request) -> web.Response:
-    return await _accept(request, CHAT)
-
-
-async def post_deep_research(request: web.Request) -> web.Response:
-    return await _accept(request, DEEP_RESEARCH)
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -212,8 +194,9 @@ def _result_from_message(message: Message) -> dict:
     }
 
 
-async def chat_status(request: web.Request) -> web.Response:
-    message = await _owned_message(request, "jobId", CHAT)
+async def chat_status(request: web.Request, spec: QueueSpec) -> web.Response:
+    """SPEC §4's job status: the queue's view of one attempt after another."""
+    message = await _owned_message(request, "jobId", spec.name)
     job = await request.app[JOBS].get(message.queue, message.id)
     if job is not None:
         body = {
@@ -236,8 +219,9 @@ async def chat_status(request: web.Request) -> web.Response:
     return json_response(body)
 
 
-async def deep_research_status(request: web.Request) -> web.Response:
-    message = await _owned_message(request, "messageId", DEEP_RESEARCH)
+async def research_status(request: web.Request, spec: QueueSpec) -> web.Response:
+    """SPEC §4's research status: the run's stages as stored, whatever attempt is running."""
+    message = await _owned_message(request, "messageId", spec.name)
     job = await request.app[JOBS].get(message.queue, message.id)
     values = (
         await request.app[DB].run(store.state_values, message.state_id) if message.state_id else {}
@@ -248,7 +232,7 @@ async def deep_research_status(request: web.Request) -> web.Response:
         Message.CANCELLED: "failed",
     }.get(message.status, "processing")
     body = {"status": status, "messageId": message.id, "conversationId": message.conversation_id}
-    stages = request.app[JOBS].specs[DEEP_RESEARCH].stages
+    stages = spec.stages
     completed_steps = [stage.name for stage in stages if stage.name in values]
     current = (job.progress if job is not None else None) or {}
     body["progress"] = {
@@ -357,16 +341,17 @@ def _before(raw: str | None):
 # --- retry ------------------------------------------------------------------------------------
 
 
-async def _retry(request: web.Request, queue: str) -> web.Response:
+async def retry(request: web.Request, spec: QueueSpec) -> web.Response:
     """The owner retries a failed job. It counts against their rate limit for the queue; a
     job the queue no longer holds (restart, retention) is enqueued again, unless an admin
     removed it (SPEC §4, §12)."""
+    queue = spec.name
     identity = identify(request)
     message = await _owned_message(request, "jobId", queue, identity)
     jobs, db = request.app[JOBS], request.app[DB]
     job = await jobs.get(queue, message.id)
     await job_actions.check_retryable(db, message, job)  # before it counts against the limit
-    headers = await _rate_limit(request, queue, identity)
+    headers = await _rate_limit(request, spec, identity)
     if job is None:
         await job_actions.enqueue_again(jobs, db, message)
         previous = 0
@@ -376,23 +361,15 @@ async def _retry(request: web.Request, queue: str) -> web.Response:
     return json_response(body, headers=headers)
 
 
-async def retry_chat(request: web.Request) -> web.Response:
-    return await _retry(request, CHAT)
-
-
-async def retry_deep_research(request: web.Request) -> web.Response:
-    return await _retry(request, DEEP_RESEARCH)
-
-
 # --- cancel -----------------------------------------------------------------------------------
 
 
-async def _cancel(request: web.Request, queue: str) -> web.Response:
+async def cancel(request: web.Request, spec: QueueSpec) -> web.Response:
     """The owner cancels a job (SPEC §10): 409 once it has ended."""
-    message = await _owned_message(request, "jobId", queue)
+    message = await _owned_message(request, "jobId", spec.name)
     app = request.app
     try:
-        await job_actions.cancel(app[JOBS], app[DB], app[NOTIFIER], queue, message.id)
+        await job_actions.cancel(app[JOBS], app[DB], app[NOTIFIER], spec.name, message.id)
     except InvalidJobState as error:
         raise ApiError(409, f"the job cannot be cancelled: {error}") from None
     except JobNotFound:
@@ -400,14 +377,6 @@ async def _cancel(request: web.Request, queue: str) -> web.Response:
             raise ApiError(409, f"the job has already ended ({message.status})") from None
         raise ApiError(404, "job not found", status="not_found") from None
     return json_response({"ok": True, "jobId": message.id, "status": "cancelled"})
-
-
-async def cancel_chat(request: web.Request) -> web.Response:
-    return await _cancel(request, CHAT)
-
-
-async def cancel_deep_research(request: web.Request) -> web.Response:
-    return await _cancel(request, DEEP_RESEARCH)
 
 
 # --- operations -------------------------------------------------------------------------------
@@ -456,18 +425,27 @@ async def _safe_workers(jobs, name: str) -> int:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return json_response(openapi_document())
+    return json_response(openapi_document(queue_specs(request.app[SETTINGS]).values()))
+
+
+def _for(handler, spec: QueueSpec):
+    """`handler(request, spec)` as the route handler of one queue."""
+
+    async def route(request: web.Request) -> web.StreamResponse:
+        return await handler(request, spec)
+
+    route.__name__ = f"{handler.__name__}_{spec.name.replace('-', '_')}"
+    return route
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_post("/api/chat", post_chat)
-    app.router.add_post("/api/deep-research/start", post_deep_research)
-    app.router.add_get("/api/chat/status/{jobId}", chat_status)
-    app.router.add_get("/api/deep-research/status/{messageId}", deep_research_status)
-    app.router.add_post("/api/chat/retry/{jobId}", retry_chat)
-    app.router.add_post("/api/deep-research/retry/{jobId}", retry_deep_research)
-    app.router.add_post("/api/chat/cancel/{jobId}", cancel_chat)
-    app.router.add_post("/api/deep-research/cancel/{jobId}", cancel_deep_research)
+    """Each queue's routes from its spec (`jobs/spec.py`), then the routes all queues share."""
+    for spec in queue_specs(app[SETTINGS]).values():
+        status = research_status if spec.agent == RESEARCH_AGENT else chat_status
+        app.router.add_post(spec.accept_path, _for(_accept, spec))
+        app.router.add_get(spec.status_path, _for(status, spec))
+        app.router.add_post(f"{spec.path}/retry/{{jobId}}", _for(retry, spec))
+        app.router.add_post(f"{spec.path}/cancel/{{jobId}}", _for(cancel, spec))
     app.router.add_get("/api/messages/{messageId}", get_message)
     app.router.add_get("/api/conversations/{conversationId}/messages", conversation_messages)
     app.router.add_get("/api/health", health)

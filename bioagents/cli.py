@@ -9,6 +9,7 @@ import logging
 import sys
 
 from bioagents.config import ConfigError, Settings
+from bioagents.jobs.spec import QUEUE_NAMES
 
 # Every line but the token command's output goes through logging (LOG_FORMAT=json: one object).
 log = logging.getLogger("bioagents")
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument(
         "--queue",
         action="append",
-        choices=["chat", "deep-research"],
+        choices=QUEUE_NAMES,
         help="a queue to serve (repeatable; default both)",
     )
 
@@ -101,7 +102,7 @@ def _worker(settings: Settings, args) -> int:
     from bioagents.queue_mode.services import run_worker_process
 
     _install_uvloop()
-    return asyncio.run(run_worker_process(settings, args.queue or ["chat", "deep-research"]))
+    return asyncio.run(run_worker_process(settings, args.queue or list(QUEUE_NAMES)))
 
 
 def _migrate(settings: Settings) -> int:

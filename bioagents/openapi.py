@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from . import __version__
+from .jobs.spec import RESEARCH_AGENT, QueueSpec
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -62,7 +65,55 @@ ACCEPT_BODY = {
 }
 
 
-def openapi_document() -> dict:
+def _queue_paths(spec: QueueSpec) -> dict:
+    """One queue's four routes, as `api.setup_routes` makes them from its spec."""
+    ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
+    research = spec.agent == RESEARCH_AGENT
+    job = _path_param("jobId")
+    status_param = _path_param("messageId" if "{messageId}" in spec.status_path else "jobId")
+    deduplicated = " (deduplicated per conversation)" if spec.dedupe else ""
+    return {
+        spec.accept_path: {
+            "post": {
+                "summary": f"Put a question to the {spec.name} queue{deduplicated}",
+                "requestBody": ACCEPT_BODY,
+                "responses": {
+                    **_ok(ref("Accepted"), 202, "queued" + (" or deduplicated" * spec.dedupe)),
+                    **_error_responses(400, 401, 403, 404, 413, 415, 429, 503),
+                },
+            }
+        },
+        spec.status_path: {
+            "get": {
+                "summary": f"A {spec.name} job's status",
+                "parameters": [status_param],
+                "responses": {
+                    **_ok(ref("ResearchStatus" if research else "ChatStatus")),
+                    **_error_responses(401, 404, 503),
+                },
+            }
+        },
+        f"{spec.path}/retry/{{jobId}}": {
+            "post": {
+                "summary": f"Retry a failed {spec.name} job",
+                "parameters": [job],
+                "responses": {
+                    **_ok(ref("Retrying")),
+                    **_error_responses(400, 401, 403, 404, 429, 503),
+                },
+            }
+        },
+        f"{spec.path}/cancel/{{jobId}}": {
+            "post": {
+                "summary": f"Cancel a {spec.name} job (waiting, delayed or active)",
+                "parameters": [job],
+                "responses": {**_ok(ref("Cancelled")), **_error_responses(401, 404, 409, 503)},
+            }
+        },
+    }
+
+
+def openapi_document(specs: Iterable[QueueSpec]) -> dict:
     ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
     return {
         "openapi": "3.1.0",
@@ -237,74 +288,7 @@ def openapi_document() -> dict:
         },
         "security": [{"bearer": []}, {"apiKey": []}, {}],
         "paths": {
-            "/api/chat": {
-                "post": {
-                    "summary": "Ask a chat question",
-                    "requestBody": ACCEPT_BODY,
-                    "responses": {
-                        **_ok(ref("Accepted"), 202, "queued"),
-                        **_error_responses(400, 401, 403, 404, 413, 415, 429, 503),
-                    },
-                }
-            },
-            "/api/deep-research/start": {
-                "post": {
-                    "summary": "Start a deep-research run (deduplicated per conversation)",
-                    "requestBody": ACCEPT_BODY,
-                    "responses": {
-                        **_ok(ref("Accepted"), 202, "queued or deduplicated"),
-                        **_error_responses(400, 401, 403, 404, 413, 415, 429, 503),
-                    },
-                }
-            },
-            "/api/chat/status/{jobId}": {
-                "get": {
-                    "summary": "A chat job's status",
-                    "parameters": [_path_param("jobId")],
-                    "responses": {**_ok(ref("ChatStatus")), **_error_responses(401, 404, 503)},
-                }
-            },
-            "/api/deep-research/status/{messageId}": {
-                "get": {
-                    "summary": "A deep-research run's status",
-                    "parameters": [_path_param("messageId")],
-                    "responses": {**_ok(ref("ResearchStatus")), **_error_responses(401, 404, 503)},
-                }
-            },
-            "/api/chat/retry/{jobId}": {
-                "post": {
-                    "summary": "Retry a failed chat job",
-                    "parameters": [_path_param("jobId")],
-                    "responses": {
-                        **_ok(ref("Retrying")),
-                        **_error_responses(400, 401, 403, 404, 429, 503),
-                    },
-                }
-            },
-            "/api/deep-research/retry/{jobId}": {
-                "post": {
-                    "summary": "Retry a failed deep-research job",
-                    "parameters": [_path_param("jobId")],
-                    "responses": {
-                        **_ok(ref("Retrying")),
-                        **_error_responses(400, 401, 403, 404, 429, 503),
-                    },
-                }
-            },
-            "/api/chat/cancel/{jobId}": {
-                "post": {
-                    "summary": "Cancel a chat job (waiting, delayed or active)",
-                    "parameters": [_path_param("jobId")],
-                    "responses": {**_ok(ref("Cancelled")), **_error_responses(401, 404, 409, 503)},
-                }
-            },
-            "/api/deep-research/cancel/{jobId}": {
-                "post": {
-                    "summary": "Cancel a deep-research job (waiting, delayed or active)",
-                    "parameters": [_path_param("jobId")],
-                    "responses": {**_ok(ref("Cancelled")), **_error_responses(401, 404, 409, 503)},
-                }
-            },
+            **{path: item for spec in specs for path, item in _queue_paths(spec).items()},
             "/api/messages/{messageId}": {
                 "get": {
                     "summary": "One message",

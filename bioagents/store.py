@@ -44,10 +44,19 @@ def _execute(sql: str, params: tuple):
 
 
 def accept_message(
-    user_id: str, conversation_id: str | None, question: str, queue: str, *, dedupe: bool
+    user_id: str,
+    conversation_id: str | None,
+    question: str,
+    queue: str,
+    *,
+    dedupe: bool,
+    keeps_state: bool | None = None,
 ) -> Accepted:
-    """Create the PENDING message (and its user, conversation and, for research, state row).
-    With `dedupe`, an active message of this queue in the conversation is returned instead."""
+    """Create the PENDING message (and its user, conversation and, with `keeps_state`, state
+    row: research by default). With `dedupe`, an active message of this queue in the
+    conversation is returned instead."""
+    if keeps_state is None:
+        keeps_state = queue != "chat"
     now = utcnow()
     stamp = Message.created_at.db_value(now)
     with _write_transaction():
@@ -85,7 +94,7 @@ def accept_message(
             if active is not None:
                 return Accepted(active, deduplicated=True)
         state_id = None
-        if queue != "chat":
+        if keeps_state:
             state_id = new_id()
             _execute('INSERT INTO states (id, "values") VALUES (?, ?)', (state_id, "{}"))
         message = Message(

@@ -16,7 +16,7 @@ from ..notify import Notifier
 from ..usage import TokenUsage
 from .answer_stream import AnswerStream
 from .base import Attempt
-from .spec import CHAT, QueueSpec
+from .spec import RESEARCH_AGENT, QueueSpec
 
 
 def job_data(message, accepted_at: float | None = None) -> dict:
@@ -74,12 +74,12 @@ class AgentJobHandler:
         reply = AnswerStream(attempt, self.db, self.notifier)
         papers = None
         try:
-            if attempt.queue == CHAT:
+            if spec.agent == RESEARCH_AGENT:
+                text, papers = await self._research(attempt, spec, progress, reply)
+            else:
                 text = await chat.answer(
                     data["question"], spec, self.llm, progress, reply, attempt.usage
                 )
-            else:
-                text, papers = await self._research(attempt, spec, progress, reply)
         finally:
             await reply.close()
 
