@@ -38,17 +38,22 @@ def _is_board(path: str) -> bool:
     return board_auth.guards(path) or path == "/" or path.startswith("/static/")
 
 
+METRICS_PATH = "/metrics"
+
+
 # --- hosts -------------------------------------------------------------------------------------
 
 
 def _host_checked(path: str, settings: Settings) -> bool:
     """Where trust rests on the network alone — the API with AUTH_MODE=none, the board without
-    ADMIN_PASSWORD — a rebinding DNS name must not reach us; elsewhere only ALLOWED_HOSTS
-    restricts the Host."""
+    ADMIN_PASSWORD, /metrics without METRICS_TOKEN — a rebinding DNS name must not reach us;
+    elsewhere only ALLOWED_HOSTS restricts the Host."""
     if settings.allowed_hosts:
         return True
     if _is_api(path):
         return settings.auth_mode == "none"
+    if path == METRICS_PATH:
+        return not settings.metrics_token
     return _is_board(path) and not settings.admin_password
 
 

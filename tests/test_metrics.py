@@ -218,6 +218,16 @@ async def test_without_a_token_loopback_is_served_but_not_through_a_proxy(client
     assert proxied.status == 403
 
 
+async def test_without_a_token_a_rebinding_host_name_is_refused(client):
+    """DNS rebinding: a page on an attacker's name that resolves to 127.0.0.1 would read the
+    metrics of a loopback-only endpoint; the Host rule answers it 421 (SPEC §12)."""
+    rebound = await client.get("/metrics", headers={"Host": "rebind.attacker.example:3000"})
+    assert rebound.status == 421
+    assert (await rebound.json())["ok"] is False
+    named = await client.get("/metrics", headers={"Host": "localhost:3000"})
+    assert named.status == 200
+
+
 async def test_with_a_token_every_caller_needs_it_loopback_included(make_client):
     token = "metrics-token-0123456789abcdef"
     client = await make_client(METRICS_TOKEN=token)
