@@ -605,6 +605,7 @@ async def retained_ours(chats: Chats) -> dict:
     key_usage = await redis.memory_usage(ids[-1])
     listing = await redis.memory_usage(f"saq:{CHAT}:completed", samples=0)
     search = await redis.memory_usage(f"saq:{CHAT}:about", samples=0)
+    search_entries = await redis.hlen(f"saq:{CHAT}:about")
     before = await used_memory(redis)
     removed = await chats.jobs.clean(CHAT, JobState.COMPLETED, 0)
     after = await used_memory(redis)
@@ -618,6 +619,7 @@ async def retained_ours(chats: Chats) -> dict:
         "key_usage": key_usage,
         "listing": listing / len(ids),
         "search": search / len(ids),
+        "search_entries": search_entries,
         "sample": record,
     }
 
@@ -938,8 +940,13 @@ async def run(args) -> dict:
         step(f"raw SAQ draining {args.n} no-op jobs")
         figures["raw"] = await bench_raw_saq(url, args.n, folder)
         async with Chats(url, folder) as chats:
+            figures["redis_version"] = (await chats.services.redis.info("server"))["redis_version"]
             step(f"ours draining {args.n} chats")
             figures["ours"] = await chats.drain(args.n, folder)
+            figures["retained_ours_backlog"] = await retained_ours(chats)
+            kept = chats.services.queues[CHAT].spec.keep_completed_count
+            step(f"ours draining {kept} chats (as many as it retains), for the bytes they keep")
+            await chats.drain(kept, folder)
             figures["retained_ours"] = await retained_ours(chats)
             sample = figures["retained_ours"]["sample"]
             step("stock SAQ retaining the same jobs")
@@ -994,8 +1001,9 @@ def top_commands(by_name: dict[str, float]) -> str:
 def report(figures: dict) -> None:
     args = figures["args"]
     print(
-        f"queue mode benchmark: one redis-server, {os.cpu_count()} CPU(s) shared with whatever "
-        f"else runs here, N = {args.n}, concurrency {CONCURRENCY}, uvloop"
+        f"queue mode benchmark: one redis-server {figures['redis_version']}, {os.cpu_count()} "
+        f"CPU(s) shared with whatever else runs here, N = {args.n}, concurrency {CONCURRENCY}, "
+        "uvloop"
     )
     report_drains(figures["raw"], figures["ours_noop"], figures["ours"])
     if "profiles" in figures:
@@ -1003,7 +1011,7 @@ def report(figures: dict) -> None:
     report_processes(figures["processes"])
     report_retained(figures)
     if "history" in figures:
-        report_history(figures["history"], figures["latency"], args)
+        report_history(figures)
     report_http(figures, args)
 
 
@@ -1117,34 +1125,41 @@ def report_processes(processes: dict) -> None:
 
 
 def report_retained(figures: dict) -> None:
-    ours = figures["retained_ours"]
-    stock = figures["retained_stock"]
-    raw = figures["raw"]["retained"]
+    ours, backlog = figures["retained_ours"], figures["retained_ours_backlog"]
+    stock, raw = figures["retained_stock"], figures["raw"]["retained"]
+    n = figures["args"].n
     print("\n4. Redis bytes per retained completed job (used_memory with them less after delete)")
-    print(f"  {'':38} {'retained':>9} {'bytes/job':>10} {'payload':>8} {'beyond':>7} {'record':>7}")
+    print(f"  {'':46} {'retained':>8} {'bytes/job':>10} {'payload':>8} {'beyond':>7} {'record':>7}")
     for label, item in (
-        ("ours (record, listing, search entry)", ours),
-        ("stock SAQ, same payload (record)", stock),
-        ("stock SAQ, no-op job (record)", raw),
+        ("ours: record, listing entry, search entry", ours),
+        (f"  the same, after a backlog of {n} waiting", backlog),
+        ("stock SAQ, same payload: record", stock),
+        ("stock SAQ, no-op job: record", raw),
     ):
-        if item.get("count"):
-            print(
-                f"  {label:38} {item['count']:9d} {item['bytes']:10.0f} {item['payload']:8d} "
-                f"{item['bytes'] - item['payload']:7.0f} {item['record']:7d}"
-            )
+        print(
+            f"  {label:46} {item['count']:8d} {item['bytes']:10.0f} {item['payload']:8d} "
+            f"{item['bytes'] - item['payload']:7.0f} {item['record']:7d}"
+        )
     print(
         "  (payload: kwargs + result as serialised in the record; record: its length; "
         f"MEMORY USAGE of one record key: ours {ours['key_usage']}, stock {stock['key_usage']})"
     )
+    for label, item in (("ours", ours), (f"after the backlog of {n}", backlog)):
+        print(
+            f"  {label}, MEMORY USAGE per retained job: completed listing {item['listing']:.0f}, "
+            f"search entries {item['search']:.0f} ({item['search_entries']} entries in "
+            f"saq:{CHAT}:about)"
+        )
     print(
-        f"  ours, MEMORY USAGE per job: record key {ours['key_usage']}, completed listing "
-        f"{ours['listing']:.0f}, search entries {ours['search']:.0f}"
+        f"  (this Redis does not shrink a hash's table as its entries go: the search entries of "
+        f"{n} waiting jobs leave saq:{CHAT}:about with a table for {n} after they are gone)"
     )
     extra = {k: v for k, v in ours["sample"].items() if k not in ("kwargs", "result")}
     print(f"  our record beyond its payload: {json.dumps(extra)}")
 
 
-def report_history(drains: dict, latency: dict, args) -> None:
+def report_history(figures: dict) -> None:
+    drains, latency, args = figures["history"], figures["latency"], figures["args"]
     print(
         f"\n5. job history on vs off: {args.rounds} alternating rounds each (drains of "
         f"{args.history_n} chats; {args.latency_n} chats one at a time over HTTP, serve and "
@@ -1173,6 +1188,21 @@ def report_history(drains: dict, latency: dict, args) -> None:
         "jobs/s and p50 of identical rounds differ by more than 5 %; CPU per job (/proc, 10 ms "
         "ticks) is steadier)"
     )
+    for runs, key, label in (
+        (drains, "worker_cpu_us", "drain worker CPU µs/job"),
+        (latency, "p50", "p50 ms"),
+    ):
+        pairs = " ".join(
+            f"{on[key]:.1f}/{off[key]:.1f}" for on, off in zip(runs["on"], runs["off"], strict=True)
+        )
+        print(f"  round by round, on/off, {label}: {pairs}")
+    if "profiles" in figures:
+        p = figures["profiles"]["ours"]
+        history = dict(p["groups"]).get("job history (bioagents/history.py)", 0.0)
+        print(
+            f"  in the profile of our full-chat drain (2b), the job history takes "
+            f"{history / p['total']:.1%} of the worker's time in Python"
+        )
 
 
 def report_http(figures: dict, args) -> None:
