@@ -224,7 +224,8 @@ class ProcessCPU:
         self.main = main - self._before[1]
 
 
-def queue_env(url: str, folder: Path, **extra) -> dict[str, str]:
+def queue_env(url: str, folder: Path) -> dict[str, str]:
+    """Queue mode on our redis-server and a SQLite file in `folder`, as the benchmark runs it."""
     return {
         "USE_JOB_QUEUE": "true",
         "REDIS_URL": url,
@@ -234,7 +235,6 @@ def queue_env(url: str, folder: Path, **extra) -> dict[str, str]:
         "LLM_PROVIDER": "offline",
         "OFFLINE_LLM_DELAY": "0",
         "LOG_LEVEL": "WARNING",
-        **{key: str(value) for key, value in extra.items()},
     }
 
 
