@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 from saq.job import Job, Status
 
 from ..history import Outcome
@@ -74,8 +75,9 @@ def new_job(spec: QueueSpec, job_id: str, data: dict, stalled_interval: float) -
     )
 
 
-def job_info(queue: str, job: Job, score: Any) -> JobInfo:
-    """The interface's view of a stored SAQ job and its score in the incomplete set."""
+def job_info(queue: str, job: Job, score: Any, stage: Any = None) -> JobInfo:
+    """The interface's view of a stored SAQ job, its score in the incomplete set and, while it
+    runs, its latest stage (`saq:<queue>:progress`, newer than the record's)."""
     state = STATES[job.status]
     run_at = None
     if state is JobState.WAITING and score is not None and float(score) > 0:
@@ -88,7 +90,9 @@ def job_info(queue: str, job: Job, score: Any) -> JobInfo:
         state=state,
         attempts_made=job.attempts,
         max_attempts=job.retries,
-        progress=meta.get("progress"),
+        progress=orjson.loads(stage)
+        if stage and state is JobState.ACTIVE
+        else meta.get("progress"),
         result=job.result if state is JobState.COMPLETED else None,
         errors=[AttemptError(**error) for error in meta.get("errors", ())],
         usage=[
@@ -133,22 +137,22 @@ class SaqJobQueue(JobQueue):
     async def get(self, queue: str, job_id: str) -> JobInfo | None:
         q = self.queue(queue)
         with unavailable_as_queue_error():
-            record, score = await q.pipeline.script(
-                scripts.GET, [q.job_id(job_id), q._incomplete], []
+            record, score, stage = await q.pipeline.script(
+                scripts.GET, [q.job_id(job_id), q._incomplete, q._progress], []
             )
         job = q.deserialize(record) if record else None
-        return None if job is None else job_info(queue, job, score)
+        return None if job is None else job_info(queue, job, score, stage)
 
     async def _get_many(self, q: BioagentsQueue, ids: list[str]) -> list[JobInfo]:
         if not ids:
             return []
         with unavailable_as_queue_error():
-            flat = await q.pipeline.script(scripts.GET_MANY, [q._incomplete], ids)
+            flat = await q.pipeline.script(scripts.GET_MANY, [q._incomplete, q._progress], ids)
         jobs = []
-        for i in range(0, len(flat), 2):
+        for i in range(0, len(flat), 3):
             job = q.deserialize(flat[i]) if flat[i] else None
             if job is not None:
-                jobs.append(job_info(q.name, job, flat[i + 1]))
+                jobs.append(job_info(q.name, job, flat[i + 1], flat[i + 2]))
         return jobs
 
     async def retry(self, queue: str, job_id: str) -> JobInfo:
@@ -199,13 +203,13 @@ class SaqJobQueue(JobQueue):
         second (our Worker's abort upkeep) and finishes it."""
         q = self.queue(queue)
         with unavailable_as_queue_error():
-            record, score = await q.pipeline.script(
-                scripts.GET, [q.job_id(job_id), q._incomplete], []
+            record, score, stage = await q.pipeline.script(
+                scripts.GET, [q.job_id(job_id), q._incomplete, q._progress], []
             )
             job = q.deserialize(record) if record else None
             if job is None:
                 raise JobNotFound(f"job {job_id} is not in queue {queue}")
-            before = job_info(queue, job, score)
+            before = job_info(queue, job, score, stage)
             if before.state in (JobState.COMPLETED, JobState.FAILED):
                 raise InvalidJobState(f"job {job_id} has already {before.state.value}")
             await q.abort(job, CANCELLED)
@@ -228,6 +232,7 @@ class SaqJobQueue(JobQueue):
                     q._claims,
                     q._active,
                     q._about,
+                    q._progress,
                 ],
                 [],
             )

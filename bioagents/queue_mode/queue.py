@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+import orjson
 from redis import asyncio as aioredis
 from saq.job import TERMINAL_STATUSES, Job, Status
 from saq.queue.redis import PubSubMultiplexer, RedisQueue
@@ -87,6 +88,7 @@ class BioagentsQueue(RedisQueue):
         self._failed = self.namespace("failed")
         self._paused = self.namespace("paused")
         self._about = self.namespace("about")
+        self._progress = self.namespace("progress")
         self._shared_pipeline = pipeline
         self._pipelines: dict[asyncio.AbstractEventLoop, AutoPipeline] = {}
         self._held: dict[str, str] = {}  # job key → claim token of attempts this process holds
@@ -202,7 +204,7 @@ class BioagentsQueue(RedisQueue):
         if not record:  # a record deleted under a queued id: forget the orphan
             self.pipeline.script(
                 scripts.FORGET,
-                [self._active, self._incomplete, self._claims, self._about],
+                [self._active, self._incomplete, self._claims, self._about, self._progress],
                 [job_id],
             )
             return None
@@ -244,7 +246,8 @@ class BioagentsQueue(RedisQueue):
         )
         if not done:
             return None
-        logger.info("Enqueuing %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+        if logger.isEnabledFor(logging.INFO):  # job.info() costs more than the enqueue itself
+            logger.info("Enqueuing %s", job.info(logger.isEnabledFor(logging.DEBUG)))
         return job
 
     async def dequeue(self, timeout: float = 0.0, poll_interval: float = 0.0) -> Job | None:
@@ -336,11 +339,22 @@ class BioagentsQueue(RedisQueue):
         job.touched = now()
         return await self._write(self.copy(job), None)
 
-    def record_progress(self, job: Job) -> asyncio.Future:
-        """Store a running job's progress (`job.progress`, `meta`) without waiting for it:
-        the write goes out in order with everything else on the pipeline."""
-        job.touched = now()
-        return asyncio.ensure_future(self._write(self.copy(job), None))
+    def record_progress(self, job: Job, stage: dict) -> None:
+        """Store a running attempt's latest stage, without waiting: one small hash write on
+        the pipeline (a later stage sent in the same turn replaces it), so it reaches Redis
+        before whatever this process sends next, such as the notification announcing it.
+        SAQ's record gets the stage (`progress`, `meta`) at the job's next heartbeat or its
+        end: rewriting the whole record per stage cost more than the rest of a chat's queue
+        work (bench/queue.py)."""
+        self.pipeline.hset_latest(self._progress, job.id, orjson.dumps(stage))
+
+    def serialize(self, job: Job) -> bytes | str:
+        """Upstream's, without the claim token, which only the process holding it needs."""
+        if CLAIM not in job.meta:
+            return super().serialize(job)
+        record = job.to_dict()
+        record["meta"] = {key: value for key, value in job.meta.items() if key != CLAIM}
+        return self._dump(record)
 
     async def _retry(self, job: Job, error: str | None) -> None:
         """Upstream: several commands; the delay jittered; a job cut off by a stop spends an
@@ -366,7 +380,14 @@ class BioagentsQueue(RedisQueue):
         stored = bool(
             await self._script(
                 scripts.RETRY,
-                [job.id, self._queued, self._active, self._incomplete, self._claims],
+                [
+                    job.id,
+                    self._queued,
+                    self._active,
+                    self._incomplete,
+                    self._claims,
+                    self._progress,
+                ],
                 [self.serialize(job), self._claim_of(job), score, push],
             )
         )
@@ -403,7 +424,16 @@ class BioagentsQueue(RedisQueue):
         )
         stored = await self._script(
             scripts.FINISH,
-            [job.id, self._active, self._incomplete, self._claims, index, other, self._about],
+            [
+                job.id,
+                self._active,
+                self._incomplete,
+                self._claims,
+                index,
+                other,
+                self._about,
+                self._progress,
+            ],
             [
                 self.serialize(job),
                 self._claim_of(job),
@@ -492,7 +522,7 @@ class BioagentsQueue(RedisQueue):
                 swept.append(job_id)
                 await self._script(
                     scripts.FORGET,
-                    [self._active, self._incomplete, self._claims, self._about],
+                    [self._active, self._incomplete, self._claims, self._about, self._progress],
                     [job_id],
                 )
                 logger.info("Sweeping missing job %s", job_id)
@@ -501,7 +531,8 @@ class BioagentsQueue(RedisQueue):
             if job is None or not _stalled(job, _text(token) if token else None, self.spec):
                 continue
             swept.append(job_id)
-            logger.info("Sweeping job %s", job.info(logger.isEnabledFor(logging.DEBUG)))
+            if logger.isEnabledFor(logging.INFO):
+                logger.info("Sweeping job %s", job.info(logger.isEnabledFor(logging.DEBUG)))
             if self.spec is None:
                 await self._sweep_as_saq(job, abort)
             else:

@@ -19,6 +19,8 @@ What we add next to them, in the same namespace:
     saq:<queue>:completed    zset    job id → finish ms: the completed listing, newest last
     saq:<queue>:failed       zset    job id → finish ms: failed and aborted (cancelled) jobs
     saq:<queue>:paused       string  present while the queue is paused; dequeue takes nothing
+    saq:<queue>:progress     hash    job id → the running attempt's latest stage {"stage","percent"}
+                                     (each stage, cheaply; SAQ's record gets it at each heartbeat)
     saq:<queue>:about        hash    job id → what search reads: "<user>\x1f<error>\x1f<question>",
                                      case-folded (`queue.about`), kept while the job is listed
 
@@ -118,13 +120,14 @@ return {1}
 
 # SAQ's _retry in one step: out of active and queued, into incomplete with its score, pushed to
 # the queue when ready now (to the front for a job put back unspent), record stored, published.
-# KEYS: job id, queued, active, incomplete, claims.
+# KEYS: job id, queued, active, incomplete, claims, progress.
 # ARGV: record, claim token or '', score, push ('0' no, '1' back, '2' front).
 # Returns 1 stored, 0 stale claim.
 RETRY = Script(
     """
 if ARGV[2] ~= '' and redis.call('HGET', KEYS[5], KEYS[1]) ~= ARGV[2] then return 0 end
 redis.call('HDEL', KEYS[5], KEYS[1])
+redis.call('HDEL', KEYS[6], KEYS[1])
 redis.call('LREM', KEYS[3], 1, KEYS[1])
 redis.call('LREM', KEYS[2], 1, KEYS[1])
 redis.call('ZADD', KEYS[4], ARGV[3], KEYS[1])
@@ -141,7 +144,7 @@ return 1
 # `index` (and leaves `other`), which is trimmed to its retention by age and count. The records
 # of jobs trimmed by count are deleted with them (trimmed by age, they expire by their own ttl);
 # the search entries of trimmed jobs go too, and the job's own is replaced when one is given.
-# KEYS: job id, active, incomplete, claims, index, other index, about.
+# KEYS: job id, active, incomplete, claims, index, other index, about, progress.
 # ARGV: record, claim token or '', ttl ms, status, now ms, keep age ms (-1: none),
 #       keep count (-1: none), search entry or ''.
 # Returns 1 stored, 0 stale claim, 2 already finished with that status (nothing changed: SAQ's
@@ -155,6 +158,7 @@ if stored and (ARGV[4] == 'complete' or ARGV[4] == 'failed' or ARGV[4] == 'abort
   if ok and type(old) == 'table' and old['status'] == ARGV[4] then return 2 end
 end
 redis.call('HDEL', KEYS[4], KEYS[1])
+redis.call('HDEL', KEYS[8], KEYS[1])
 redis.call('LREM', KEYS[2], 1, KEYS[1])
 redis.call('ZREM', KEYS[3], KEYS[1])
 redis.call('ZREM', KEYS[6], KEYS[1])
@@ -257,32 +261,39 @@ return {ids, records, claims}
 )
 
 # Forget a held job whose record is gone (SAQ's "Sweeping missing job").
-# KEYS: active, incomplete, claims, about. ARGV: id.
+# KEYS: active, incomplete, claims, about, progress. ARGV: id.
 FORGET = Script(
     """
 redis.call('LREM', KEYS[1], 0, ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[4], ARGV[1])
+redis.call('HDEL', KEYS[5], ARGV[1])
 return 1
 """
 )
 
-# A job and where it stands. KEYS: job id, incomplete. Returns {record, score}.
+# A job, where it stands, and its running attempt's latest stage.
+# KEYS: job id, incomplete, progress. Returns {record, score, progress}.
 GET = Script(
     """
-return {redis.call('GET', KEYS[1]), redis.call('ZSCORE', KEYS[2], KEYS[1])}
+return {
+  redis.call('GET', KEYS[1]),
+  redis.call('ZSCORE', KEYS[2], KEYS[1]),
+  redis.call('HGET', KEYS[3], KEYS[1]),
+}
 """
 )
 
-# Several jobs and where they stand. KEYS: incomplete. ARGV: ids.
-# Returns {record1, score1, record2, score2, …}.
+# Several jobs, as GET. KEYS: incomplete, progress. ARGV: ids.
+# Returns {record1, score1, progress1, record2, …}.
 GET_MANY = Script(
     """
 local out = {}
 for i, id in ipairs(ARGV) do
-  out[2 * i - 1] = redis.call('GET', id)
-  out[2 * i] = redis.call('ZSCORE', KEYS[1], id)
+  out[3 * i - 2] = redis.call('GET', id)
+  out[3 * i - 1] = redis.call('ZSCORE', KEYS[1], id)
+  out[3 * i] = redis.call('HGET', KEYS[2], id)
 end
 return out
 """
@@ -336,7 +347,7 @@ return 1
 
 # Delete a job that no worker holds (one in active without a claim is in transit from a
 # blocking dequeue, whose claim then finds it gone).
-# KEYS: job id, queued, incomplete, completed, failed, claims, active, about.
+# KEYS: job id, queued, incomplete, completed, failed, claims, active, about, progress.
 # Returns 1 removed, 0 no such job, -1 a worker holds it.
 REMOVE = Script(
     """
@@ -348,6 +359,7 @@ redis.call('ZREM', KEYS[3], KEYS[1])
 redis.call('ZREM', KEYS[4], KEYS[1])
 redis.call('ZREM', KEYS[5], KEYS[1])
 redis.call('HDEL', KEYS[8], KEYS[1])
+redis.call('HDEL', KEYS[9], KEYS[1])
 redis.call('DEL', KEYS[1])
 return 1
 """

@@ -92,9 +92,9 @@ class Worker(SaqWorker):
         job: Job = ctx["job"]
 
         async def set_progress(value: dict) -> None:
-            job.meta["progress"] = value
+            job.meta["progress"] = value  # in SAQ's record from the next heartbeat or the end
             job.progress = value.get("percent", 0) / 100
-            await self.bio_queue.record_progress(job)
+            self.bio_queue.record_progress(job, value)
 
         attempt = Attempt(
             queue=self.bio_queue.name,
