@@ -310,7 +310,19 @@ class BioagentsQueue(RedisQueue):
     async def _update(self, job: Job, status: Status | None = None, **kwargs: Any) -> None:
         """Upstream: GET the stored status when none is given, then SET and PUBLISH (a status
         changed in between, such as an abort, is overwritten). Ours: one script that writes only
-        over the status it expects and never over aborting/aborted."""
+        over the status it expects and never over aborting/aborted. SAQ's worker marking the
+        job it has just taken active does not wait for the reply: nothing it does next depends
+        on it, the pipeline keeps the order of this process's commands, and an abort that
+        raced it is found in Redis by the abort upkeep."""
+        if status is Status.ACTIVE and self._claim_of(job):
+            job.status = status
+            started = self._script(
+                scripts.UPDATE,
+                [job.id, self._claims],
+                [self.serialize(job), status.value, "set", self._claim_of(job)],
+            )
+            started.add_done_callback(_log_unstored_start)
+            return
         await self._write(job, status)
 
     async def _write(self, job: Job, status: Status | None) -> bool:
@@ -679,6 +691,15 @@ def _stalled(job: Job, token: str | None, spec: QueueSpec | None) -> bool:
     claimed_ms = int(token.partition(":")[0] or 0)
     grace_ms = (job.heartbeat or job.timeout) * 1000 or CLAIM_GRACE_MS
     return now() - claimed_ms > grace_ms
+
+
+def _log_unstored_start(reply: asyncio.Future) -> None:
+    if reply.cancelled():
+        return
+    if reply.exception() is not None:
+        logger.warning("marking a job active failed: %s", reply.exception())
+    elif reply.result()[0] != 1:
+        logger.info("a job taken was aborted or recovered before it was marked active")
 
 
 _NOTHING = object()
