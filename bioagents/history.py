@@ -23,7 +23,6 @@ import abc
 import asyncio
 import bisect
 import collections
-import contextlib
 import dataclasses
 import enum
 import logging
@@ -31,7 +30,8 @@ import time
 from collections.abc import Iterable, Mapping
 
 from redis import asyncio as aioredis
-from redis import exceptions as redis_errors
+
+from .flushing import REDIS_ERRORS, PeriodicFlush
 
 log = logging.getLogger(__name__)
 
@@ -324,8 +324,6 @@ end
 return #KEYS
 """
 
-REDIS_ERRORS = (redis_errors.RedisError, OSError)
-
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -354,11 +352,10 @@ class RedisHistory(History):
         self._script = redis.register_script(FLUSH_SCRIPT)
         self._totals: collections.Counter[str] = collections.Counter()
         self._minutes: dict[tuple[str, int], collections.Counter[str]] = {}
-        self._flusher: asyncio.Task | None = None
+        self._periodic = PeriodicFlush(self.flush, flush_interval, "job history")
         self._flush_lock = asyncio.Lock()
         # Minutes that can no longer change (ended over a minute ago), read once.
         self._settled: dict[tuple[str, int], Mapping[str, int]] = {}
-        self._failing = False
 
     @property
     def totals_key(self) -> str:
@@ -373,30 +370,10 @@ class RedisHistory(History):
             self._minutes.setdefault((queue, minute), collections.Counter()).update(minute_fields)
 
     async def start(self) -> None:
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_every_interval())
+        self._periodic.start()
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
-        with contextlib.suppress(*REDIS_ERRORS):
-            await self.flush()
-
-    async def _flush_every_interval(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            try:
-                await self.flush()
-            except REDIS_ERRORS as error:
-                # Kept for the next try: the counts reach Redis once it is back.
-                if not self._failing:
-                    log.warning("job history not written to Redis, will retry: %s", error)
-                self._failing = True
-            else:
-                self._failing = False
+        await self._periodic.close()
 
     async def flush(self) -> None:
         """Send what accumulated; on a Redis error it stays pending and the error is raised."""

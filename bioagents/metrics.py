@@ -38,10 +38,10 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.utils import floatToGoString
 from redis import asyncio as aioredis
-from redis import exceptions as redis_errors
 
 from .board_auth import PROXY_HEADERS, is_loopback
 from .errors import ApiError
+from .flushing import REDIS_ERRORS, PeriodicFlush
 from .history import BOUNDS, OUTCOMES, TOKEN_KINDS, HistoryUnavailable, Totals, TotalsField
 from .jobs.base import STATES, JobQueue, QueueUnavailable
 from .keys import JOBS, SETTINGS
@@ -171,8 +171,6 @@ redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', horizon)
 return 1
 """
 
-REDIS_ERRORS = (redis_errors.RedisError, OSError)
-
 
 class RedisCounters(CounterSource):
     """Several `serve` copies (queue mode): each flushes what it counted since its last flush
@@ -203,42 +201,23 @@ class RedisCounters(CounterSource):
         self._script = redis.register_script(FLUSH_SCRIPT)
         self._sent: dict[str, int] = {}
         self._lock = asyncio.Lock()
-        self._flusher: asyncio.Task | None = None
+        self._periodic = PeriodicFlush(self.flush, flush_interval, "metrics")
 
     @property
     def keys(self) -> list[str]:
         return [f"{self.prefix}:counters", f"{self.prefix}:websockets", f"{self.prefix}:alive"]
 
     async def start(self) -> None:
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_every_interval())
+        self._periodic.start()
 
     async def close(self) -> None:
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+        await self._periodic.close()
         with contextlib.suppress(*REDIS_ERRORS):
-            await self.flush()
             _, sockets, alive = self.keys
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.hdel(sockets, self.process_id)
                 pipe.zrem(alive, self.process_id)
                 await pipe.execute()
-
-    async def _flush_every_interval(self) -> None:
-        failing = False
-        while True:
-            await asyncio.sleep(self.flush_interval)
-            try:
-                await self.flush()
-            except REDIS_ERRORS as error:
-                if not failing:  # the increments wait for the next flush
-                    log.warning("metrics not written to Redis, will retry: %s", error)
-                failing = True
-            else:
-                failing = False
 
     async def flush(self) -> None:
         """Send the increments since the last flush; raises redis-py's errors."""

@@ -46,6 +46,21 @@ async def client(make_client):
     return await make_client()
 
 
+@pytest.fixture
+async def fake_llm():
+    """A local OpenAI-compatible endpoint that streams (tests/fake_openai.py)."""
+    from tests.fake_openai import FakeOpenAI
+
+    async with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+async def llm_client(make_client, fake_llm):
+    """A client of an app whose `openai` provider is `fake_llm`."""
+    return await make_client(LLM_PROVIDER="openai", OPENAI_BASE_URL=fake_llm.base_url)
+
+
 def bearer(settings: Settings, user_id: str) -> dict:
     from bioagents.auth import issue_token
 

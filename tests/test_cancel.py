@@ -7,26 +7,12 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from tests.admin_support import board_post, job_in_state, job_of
 from tests.api_support import chat_status_when, get_json, message_when, research_status_when
 from tests.conftest import open_socket, post_chat, subscribe
-from tests.fake_openai import FakeOpenAI
 from tests.live_support import deltas, nothing_more, until_end, watched_conversation
 
 API = "/admin/queues/api/queues"
-
-
-@pytest.fixture
-async def fake_llm():
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def llm_client(make_client, fake_llm):
-    return await make_client(LLM_PROVIDER="openai", OPENAI_BASE_URL=fake_llm.base_url)
 
 
 async def cancel(client, job_id: str, queue_path: str = "chat", user: str = "alice"):

@@ -6,28 +6,14 @@ from __future__ import annotations
 
 import itertools
 
-import pytest
-
 from bioagents.config import Settings
 from bioagents.jobs.base import JobState
 from bioagents.jobs.inprocess import InProcessJobQueue
 from bioagents.jobs.spec import CHAT, queue_specs
 from tests.api_support import chat_status_when, get_json, message_when, research_status_when
 from tests.conftest import BASE_ENV, events_until, open_socket, post_chat, subscribe, wait_for
-from tests.fake_openai import FakeOpenAI
 
 TOLERANCE = 0.5  # seconds, as the SPEC allows
-
-
-@pytest.fixture
-async def fake_llm():
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def llm_client(make_client, fake_llm):
-    return await make_client(LLM_PROVIDER="openai", OPENAI_BASE_URL=fake_llm.base_url)
 
 
 async def watched_conversation(client) -> tuple[object, str]:

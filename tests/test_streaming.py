@@ -5,8 +5,6 @@ sockets that did not ask see nothing new. The `openai` provider streams server-s
 
 from __future__ import annotations
 
-import pytest
-
 from tests.api_support import get_json, message_when
 from tests.conftest import open_socket, post_chat, subscribe, wait_for
 from tests.fake_openai import FakeOpenAI
@@ -18,17 +16,6 @@ from tests.live_support import (
     until_end,
     watched_conversation,
 )
-
-
-@pytest.fixture
-async def fake_llm():
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def llm_client(make_client, fake_llm):
-    return await make_client(LLM_PROVIDER="openai", OPENAI_BASE_URL=fake_llm.base_url)
 
 
 def assert_contiguous(frames: list[dict]) -> str:

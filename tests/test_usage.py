@@ -4,23 +4,10 @@ which the board's job page shows."""
 
 from __future__ import annotations
 
-import pytest
-
 from tests.admin_support import board_post, job_in_state
 from tests.api_support import message_when
 from tests.conftest import post_chat
 from tests.fake_openai import FakeOpenAI
-
-
-@pytest.fixture
-async def fake_llm():
-    async with FakeOpenAI() as fake:
-        yield fake
-
-
-@pytest.fixture
-async def llm_client(make_client, fake_llm):
-    return await make_client(LLM_PROVIDER="openai", OPENAI_BASE_URL=fake_llm.base_url)
 
 
 def reported(record) -> tuple[int, int]:
