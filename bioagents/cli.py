@@ -88,7 +88,11 @@ def _serve(settings: Settings, args) -> int:
         shutdown_timeout=max(5.0, settings.shutdown_grace_seconds),
         print=logs.startup_line,
     )
-    asyncio.run(serving)
+    try:
+        asyncio.run(serving)
+    except OSError as error:  # the address is taken, or not this machine's
+        log.error("cannot listen on %s:%s: %s", host, port, error.strerror or error)
+        return 2
     return 0
 
 

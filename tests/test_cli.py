@@ -86,6 +86,19 @@ def test_jwt_mode_without_a_secret_is_refused(tmp_path):
     assert "BIOAGENTS_SECRET" in result.stderr
 
 
+def test_serve_on_a_taken_port_says_so_in_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(tmp_path, "serve", "--port", str(port))
+
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_migrate_is_idempotent_and_keeps_data(tmp_path):
     first = run(tmp_path, "migrate")
     assert first.returncode == 0, first.stderr
